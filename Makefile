@@ -1,0 +1,66 @@
+# One entry point for every task. `make run` sets everything up and serves; `make test` is what CI runs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+PROTOS := $(wildcard protos/prediction/v1/*.proto)
+PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
+	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
+
+.PHONY: install lock proto proto-check fmt check test pytest data train run serve bench clean
+
+install: $(VENV)/.installed
+
+# Installs exactly the locked versions; re-runs only when the lock or pyproject changes.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	touch $@
+
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --quiet -o requirements.lock
+
+proto: install
+	$(PROTOC) --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+
+# Regenerates the stubs in a scratch folder and fails if the committed ones differ.
+proto-check: install
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	$(PROTOC) --python_out=$$scratch --grpc_python_out=$$scratch --mypy_out=$$scratch --mypy_grpc_out=$$scratch \
+		$(PROTOS) > /dev/null 2>&1 && \
+	for generated in $$(cd $$scratch && find protos -type f); do \
+		cmp -s "$$scratch/$$generated" "$$generated" || { echo "stale generated stub: $$generated (run make proto)"; exit 1; }; \
+	done && echo "generated stubs match protos/"
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+check: install proto-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+pytest: install
+	$(BIN)/pytest
+
+test: check pytest
+
+data: install
+	$(BIN)/python -m data
+
+train: install
+	$(BIN)/python -m training --skip-if-served
+
+serve: install
+	$(BIN)/python -m server
+
+run: train serve
+
+bench: install
+	$(BIN)/python -m benchmarks.grpc_vs_baselines
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""gRPC prediction server: typed HousingPredictor and IrisClassifier services over MLflow-registered models."""

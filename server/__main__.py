@@ -1,0 +1,42 @@
+"""``python -m server``: serve both models until SIGTERM or SIGINT."""
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+from server.app import build_server
+from server.logs import configure_logging
+from server.registry import MlflowModelRegistry
+from server.settings import ServerSettings
+
+
+def main() -> None:
+    settings = ServerSettings()
+    log_listener = configure_logging(settings.log_level)
+    # MLflow reads these itself; the server sets them before MLflow is first imported (at model load).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+    server = build_server(settings, MlflowModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_registry_uri))
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("received %s: shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    server.start()
+    loaded = server.load_models()
+    if not any(loaded.values()):
+        logging.getLogger(__name__).error("no model could be loaded; serving health and reflection only")
+    stop_requested.wait()
+    server.stop()
+    log_listener.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Pure functions between protobuf messages and the core's domain types."""
+
+from collections.abc import Sequence
+
+import numpy as np
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from data.schema import IRIS_SPECIES
+from protos.prediction.v1 import housing_pb2, iris_pb2, model_pb2
+from server.domain import FeatureBatch, HousingPredictions, IrisClassifications, ModelDescription, ModelVersionRef
+from server.features import FeatureTable
+
+DOLLARS_PER_UNIT = 100_000.0
+# IrisSpecies enum values in the model's class order (setosa, versicolor, virginica).
+SPECIES_ENUM = (iris_pb2.IRIS_SPECIES_SETOSA, iris_pb2.IRIS_SPECIES_VERSICOLOR, iris_pb2.IRIS_SPECIES_VIRGINICA)
+
+
+def features_to_batch(messages: Sequence[Message], table: FeatureTable, *, is_batch: bool) -> FeatureBatch:
+    """Read feature messages into a (rows, features) matrix; unset fields become NaN and are marked."""
+    names = table.names
+    width = len(names)
+    values = np.empty((len(messages), width), dtype=np.float64)
+    missing = None
+    for row, message in enumerate(messages):
+        # ListFields() lists only fields that are set: when all are, skip the per-field presence checks.
+        if len(message.ListFields()) == width:
+            values[row] = [getattr(message, name) for name in names]
+            continue
+        if missing is None:
+            missing = np.zeros(values.shape, dtype=np.bool_)
+        for column, name in enumerate(names):
+            if message.HasField(name):
+                values[row, column] = getattr(message, name)
+            else:
+                values[row, column] = np.nan
+                missing[row, column] = True
+    return FeatureBatch(values=values, missing=missing, is_batch=is_batch)
+
+
+def model_version_to_proto(ref: ModelVersionRef) -> model_pb2.ModelVersion:
+    return model_pb2.ModelVersion(name=ref.name, version=ref.version, alias=ref.alias, run_id=ref.run_id)
+
+
+def housing_prediction_to_proto(result: HousingPredictions) -> housing_pb2.HousingPrediction:
+    value = float(result.values[0])
+    return housing_pb2.HousingPrediction(
+        median_house_value=value,
+        median_house_value_usd=value * DOLLARS_PER_UNIT,
+        model=model_version_to_proto(result.model),
+    )
+
+
+def housing_batch_to_proto(result: HousingPredictions) -> housing_pb2.HousingBatchPrediction:
+    return housing_pb2.HousingBatchPrediction(
+        predictions=[
+            housing_pb2.HousingValue(median_house_value=value, median_house_value_usd=value * DOLLARS_PER_UNIT)
+            for value in result.values.tolist()
+        ],
+        model=model_version_to_proto(result.model),
+    )
+
+
+def _probabilities(row: list[float]) -> iris_pb2.SpeciesProbabilities:
+    return iris_pb2.SpeciesProbabilities(setosa=row[0], versicolor=row[1], virginica=row[2])
+
+
+def iris_prediction_to_proto(result: IrisClassifications) -> iris_pb2.IrisPrediction:
+    row = result.probabilities[0].tolist()
+    best = max(range(len(row)), key=row.__getitem__)
+    return iris_pb2.IrisPrediction(
+        species=SPECIES_ENUM[best],
+        species_name=IRIS_SPECIES[best],
+        probabilities=_probabilities(row),
+        confidence=row[best],
+        model=model_version_to_proto(result.model),
+    )
+
+
+def iris_batch_to_proto(result: IrisClassifications) -> iris_pb2.IrisBatchPrediction:
+    classifications = []
+    for row in result.probabilities.tolist():
+        best = max(range(len(row)), key=row.__getitem__)
+        classifications.append(
+            iris_pb2.IrisClassification(
+                species=SPECIES_ENUM[best],
+                species_name=IRIS_SPECIES[best],
+                probabilities=_probabilities(row),
+                confidence=row[best],
+            )
+        )
+    return iris_pb2.IrisBatchPrediction(classifications=classifications, model=model_version_to_proto(result.model))
+
+
+def model_info_to_proto(description: ModelDescription, table: FeatureTable, max_batch_size: int) -> model_pb2.ModelInfo:
+    loaded_at = Timestamp()
+    loaded_at.FromDatetime(description.loaded_at)
+    return model_pb2.ModelInfo(
+        model=model_version_to_proto(description.ref),
+        model_uri=description.model_uri,
+        estimator=description.estimator,
+        loaded_at=loaded_at,
+        training_metrics=dict(description.training_metrics),
+        features=[
+            model_pb2.FeatureSpec(name=spec.name, unit=spec.unit, minimum=spec.minimum, maximum=spec.maximum)
+            for spec in table.specs
+        ],
+        max_batch_size=max_batch_size,
+    )

@@ -1,0 +1,141 @@
+"""The prediction core: protocol-free. Servicers and REST routes convert to and from these calls.
+
+Each endpoint takes one snapshot of its model from the store per request, validates the whole batch,
+predicts in one estimator call and reports which version answered.
+"""
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from server.domain import (
+    FeatureBatch,
+    FloatMatrix,
+    HousingPredictions,
+    IrisClassifications,
+    LoadedModel,
+    ModelDescription,
+    ModelVersionRef,
+)
+from server.errors import FieldViolation, InvalidInputError, ModelLoadError
+from server.features import FeatureTable
+from server.metrics import BoundModelMetrics, ModelMetrics
+from server.model_store import ModelSlot, ModelStore
+from server.runtime import PredictRuntime
+
+IRIS_CLASS_COUNT = 3
+
+
+class ModelOutputError(Exception):
+    """The estimator answered with something we must not pass on (wrong shape, NaN, ...)."""
+
+
+class ModelEndpoint(ABC):
+    """What the housing and iris endpoints share: snapshot, validation, metrics, runtime."""
+
+    def __init__(
+        self,
+        slot: ModelSlot,
+        *,
+        store: ModelStore,
+        features: FeatureTable,
+        metrics: ModelMetrics,
+        runtime: PredictRuntime,
+        max_batch_size: int,
+    ) -> None:
+        self.slot = slot
+        self.features = features
+        self.max_batch_size = max_batch_size
+        self._store = store
+        self._metrics = metrics
+        self._runtime = runtime
+        self._bound: dict[ModelVersionRef, BoundModelMetrics] = {}
+
+    def describe(self) -> ModelDescription:
+        return self._store.get(self.slot).description
+
+    def check_model(self, model: LoadedModel) -> None:
+        """Warm a candidate model up and check its output; raise ModelLoadError if it is unfit to serve."""
+        try:
+            self._predict_with(model.estimator, self.features.example_row)
+        except Exception as exc:
+            raise ModelLoadError(f"{model.description.model_uri} failed its warm-up prediction: {exc}") from exc
+
+    @abstractmethod
+    def _predict_with(self, estimator: Any, values: FloatMatrix) -> FloatMatrix:
+        """Call the estimator and check its output."""
+
+    def _run(self, batch: FeatureBatch) -> tuple[FloatMatrix, ModelVersionRef]:
+        model = self._store.get(self.slot)
+        ref = model.description.ref
+        bound = self._bound.get(ref)
+        if bound is None:
+            bound = self._bound.setdefault(ref, self._metrics.bind(ref))
+        rows = batch.rows
+        start = time.perf_counter()
+        try:
+            self._check_size(batch)
+            self.features.validate(batch)
+        except InvalidInputError:
+            bound.invalid_input.inc(rows)
+            raise
+        try:
+            output = self._runtime.run(lambda values: self._predict_with(model.estimator, values), batch.values)
+        except Exception:
+            bound.error.inc(rows)
+            raise
+        bound.latency.observe(time.perf_counter() - start)
+        bound.batch_size.observe(rows)
+        bound.success.inc(rows)
+        return output, ref
+
+    def _check_size(self, batch: FeatureBatch) -> None:
+        if not batch.is_batch:
+            return
+        if batch.rows == 0:
+            raise InvalidInputError(
+                "instances: a batch needs at least one instance",
+                (FieldViolation("instances", "must hold at least one instance"),),
+            )
+        if batch.rows > self.max_batch_size:
+            description = f"holds {batch.rows} instances; at most {self.max_batch_size} are allowed"
+            raise InvalidInputError(f"instances: {description}", (FieldViolation("instances", description),))
+
+
+def _finite_or_raise(output: FloatMatrix, expected_shape: tuple[int, ...]) -> FloatMatrix:
+    if output.shape != expected_shape:
+        raise ModelOutputError(f"model returned shape {output.shape}, expected {expected_shape}")
+    if not np.isfinite(output).all():
+        raise ModelOutputError("model returned a non-finite value")
+    return output
+
+
+class HousingEndpoint(ModelEndpoint):
+    def predict(self, batch: FeatureBatch) -> HousingPredictions:
+        values, ref = self._run(batch)
+        return HousingPredictions(values=values, model=ref)
+
+    def _predict_with(self, estimator: Any, values: FloatMatrix) -> FloatMatrix:
+        output = np.asarray(estimator.predict(values), dtype=np.float64)
+        return _finite_or_raise(output, (values.shape[0],))
+
+
+class IrisEndpoint(ModelEndpoint):
+    def classify(self, batch: FeatureBatch) -> IrisClassifications:
+        probabilities, ref = self._run(batch)
+        return IrisClassifications(probabilities=probabilities, model=ref)
+
+    def check_model(self, model: LoadedModel) -> None:
+        classes = getattr(model.estimator, "classes_", None)
+        if classes is None or list(classes) != list(range(IRIS_CLASS_COUNT)):
+            raise ModelLoadError(
+                f"{model.description.model_uri} has classes {classes!r}; expected 0, 1, 2 "
+                "(setosa, versicolor, virginica)"
+            )
+        super().check_model(model)
+
+    def _predict_with(self, estimator: Any, values: FloatMatrix) -> FloatMatrix:
+        output = np.asarray(estimator.predict_proba(values), dtype=np.float64)
+        return _finite_or_raise(output, (values.shape[0], IRIS_CLASS_COUNT))

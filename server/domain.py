@@ -1,0 +1,75 @@
+"""Typed values that flow between the protocol adapters and the prediction core."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatMatrix = npt.NDArray[np.float64]
+BoolMatrix = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBatch:
+    """Rows to predict, as a (rows, features) float64 matrix in the model's column order.
+
+    ``missing`` marks fields the caller did not set (their value is NaN); it is ``None`` when every field
+    was set, which is the common case and keeps validation cheap. ``is_batch`` says whether the caller
+    sent a list of instances, so that errors can name ``instances[i].field`` rather than ``field``.
+    """
+
+    values: FloatMatrix
+    missing: BoolMatrix | None = None
+    is_batch: bool = False
+
+    @property
+    def rows(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersionRef:
+    """Which registered model version answered: the identity every response carries."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDescription:
+    """What a service knows about the model it serves."""
+
+    ref: ModelVersionRef
+    model_uri: str
+    estimator: str
+    loaded_at: datetime
+    training_metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A fitted estimator with its description. Immutable, so a request holds one consistent snapshot."""
+
+    description: ModelDescription
+    estimator: Any
+
+
+@dataclass(frozen=True, slots=True)
+class HousingPredictions:
+    """Median house values in units of $100,000, one per row, and the model version that made them."""
+
+    values: FloatMatrix
+    model: ModelVersionRef
+
+
+@dataclass(frozen=True, slots=True)
+class IrisClassifications:
+    """Species probabilities, (rows, 3) in ``data.schema.IRIS_SPECIES`` order, and the model version."""
+
+    probabilities: FloatMatrix
+    model: ModelVersionRef

@@ -1,0 +1,59 @@
+"""The one place where exceptions become gRPC statuses.
+
+``STATUS_BY_ERROR`` maps domain errors to codes; ``server.interceptors`` applies it to every RPC. Anything
+not in the table becomes INTERNAL with a fixed message: the cause is logged with the request id, never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from server.errors import InvalidInputError, ModelUnavailableError, PredictionServiceError
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: tuple[tuple[type[PredictionServiceError], grpc.StatusCode], ...] = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelUnavailableError, grpc.StatusCode.UNAVAILABLE),
+)
+INTERNAL_MESSAGE = "internal error"
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rich_status(code: grpc.StatusCode, message: str, error: BaseException | None = None) -> grpc.Status:
+    """A status with google.rpc details: BadRequest field violations for invalid input."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if isinstance(error, InvalidInputError) and error.violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad_request)
+        status.details.append(detail)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
+
+
+def abort_for(error: Exception, context: grpc.ServicerContext, method: str, request: str) -> None:
+    """Abort the RPC with the status ``error`` maps to (raises, like ``context.abort``)."""
+    code = status_for(error)
+    if code == grpc.StatusCode.INTERNAL:
+        logger.error("%s failed (request %s)", method, request, exc_info=error)
+        message = INTERNAL_MESSAGE
+    else:
+        message = str(error)
+    context.abort_with_status(rich_status(code, message, error))

@@ -1,0 +1,97 @@
+"""Prometheus metrics about the models (the gRPC ones come from py-grpc-prometheus).
+
+Every metric lives on the registry passed in, so several servers can run in one process (tests) and
+one /metrics endpoint shows both the gRPC and the model series.
+"""
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from server.domain import LoadedModel, ModelVersionRef
+
+# Sub-millisecond resolution: a linear model answers in ~0.2 ms, a forest in several ms.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class Outcome:
+    SUCCESS = "success"
+    INVALID_INPUT = "invalid_input"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class BoundModelMetrics:
+    """The label children of one model version, resolved once so the request path only increments."""
+
+    success: Counter
+    invalid_input: Counter
+    error: Counter
+    latency: Histogram
+    batch_size: Histogram
+
+
+class ModelMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.predictions = Counter(
+            "model_predictions_total",
+            "Instances predicted, by registered model, version and outcome (success, invalid_input, error).",
+            ["model", "version", "outcome"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "model_prediction_duration_seconds",
+            "Time to validate and predict one request (single instance or whole batch), in seconds.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "model_batch_size",
+            "Instances per prediction request (1 for single-instance calls).",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.loaded = Gauge(
+            "model_loaded_info",
+            "1 for each model version a service is serving, with its name, version, alias and run id.",
+            ["service", "model", "version", "alias", "run_id"],
+            registry=registry,
+        )
+        self.loaded_at = Gauge(
+            "model_loaded_timestamp_seconds",
+            "Unix time at which the served version of each service's model was loaded.",
+            ["service"],
+            registry=registry,
+        )
+        self.load_failures = Counter(
+            "model_load_failures_total",
+            "Attempts to load a service's model that failed.",
+            ["service"],
+            registry=registry,
+        )
+
+    def bind(self, ref: ModelVersionRef) -> BoundModelMetrics:
+        def outcome(name: str) -> Counter:
+            return self.predictions.labels(model=ref.name, version=ref.version, outcome=name)
+
+        return BoundModelMetrics(
+            success=outcome(Outcome.SUCCESS),
+            invalid_input=outcome(Outcome.INVALID_INPUT),
+            error=outcome(Outcome.ERROR),
+            latency=self.latency.labels(model=ref.name, version=ref.version),
+            batch_size=self.batch_size.labels(model=ref.name),
+        )
+
+    def model_changed(self, service: str, old: LoadedModel | None, new: LoadedModel | None) -> None:
+        if old is not None:
+            ref = old.description.ref
+            self.loaded.remove(service, ref.name, ref.version, ref.alias, ref.run_id)
+        if new is not None:
+            ref = new.description.ref
+            self.loaded.labels(service, ref.name, ref.version, ref.alias, ref.run_id).set(1)
+            self.loaded_at.labels(service).set(new.description.loaded_at.timestamp())
+        else:
+            self.loaded_at.remove(service)

@@ -1,0 +1,35 @@
+"""How estimator calls use the CPU.
+
+scikit-learn's histogram gradient boosting predicts with OpenMP threads even for one row, and the idle
+threads spin: a single-row call then burns two to three times the CPU it needs, which concurrent
+requests pay for. So every RPC worker thread is limited to one OpenMP thread, and only batches large
+enough to gain from parallelism lift the limit for the duration of their call. OpenMP's thread count
+is per calling thread, so the lift does not leak into other requests.
+"""
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from threadpoolctl import ThreadpoolController
+
+from server.domain import FloatMatrix
+
+T = TypeVar("T")
+
+
+class PredictRuntime:
+    def __init__(self, parallel_batch_rows: int, controller: ThreadpoolController | None = None) -> None:
+        self._parallel_batch_rows = parallel_batch_rows
+        self._controller = controller or ThreadpoolController()
+        self._all_cores = os.cpu_count() or 1
+
+    def limit_current_thread(self) -> None:
+        """Make the calling thread's OpenMP calls single-threaded (the initializer of RPC workers)."""
+        self._controller.limit(limits=1, user_api="openmp")
+
+    def run(self, predict: Callable[[FloatMatrix], T], values: FloatMatrix) -> T:
+        if values.shape[0] < self._parallel_batch_rows:
+            return predict(values)
+        with self._controller.limit(limits=self._all_cores, user_api="openmp"):
+            return predict(values)

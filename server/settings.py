@@ -1,0 +1,66 @@
+"""Settings of the prediction server process: built once in ``__main__`` and passed down."""
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_tracking_uri() -> str:
+    """The embedded default registry: ``mlflow.db`` in the working directory (the project root)."""
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+class ServerSettings(BaseSettings):
+    """Every knob of the gRPC server. Environment variables use the ``PREDICTOR_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore", frozen=True)
+
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
+    metrics_host: str = Field("0.0.0.0", description="Address the Prometheus /metrics endpoint binds.")
+    metrics_port: int | None = Field(
+        8001, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 picks a free port."
+    )
+    mlflow_tracking_uri: str = Field(
+        default_factory=default_tracking_uri,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "PREDICTOR_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server or database; the registry lives there too unless overridden.",
+    )
+    mlflow_registry_uri: str | None = Field(
+        None,
+        validation_alias=AliasChoices("MLFLOW_REGISTRY_URI", "PREDICTOR_MLFLOW_REGISTRY_URI"),
+        description="MLflow model registry, when it is not the tracking URI.",
+    )
+    model_alias: str = Field("champion", min_length=1, description="Registry alias each service loads.")
+    housing_model_name: str = Field(
+        "CaliforniaHousingBestModel", min_length=1, description="Registered model behind HousingPredictor."
+    )
+    iris_model_name: str = Field("IrisBestModel", min_length=1, description="Registered model behind IrisClassifier.")
+    max_batch_size: int = Field(1000, ge=1, description="Most instances one batch call may carry.")
+    max_workers: int = Field(8, ge=1, description="Threads handling RPCs concurrently.")
+    max_concurrent_rpcs: int | None = Field(
+        None, ge=1, description="RPCs admitted at once; beyond it calls fail fast with RESOURCE_EXHAUSTED."
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request or response message, in bytes."
+    )
+    grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM/SIGINT, time in-flight RPCs get to finish.")
+    parallel_batch_rows: int = Field(
+        256,
+        ge=1,
+        description="Batches of at least this many rows predict with every core; smaller ones with one "
+        "thread, which is faster for them and leaves the other cores to concurrent calls.",
+    )
+    log_level: str = Field("INFO", description="Logging level of the server process.")
+    access_log: bool = Field(
+        True, description="Log one line per RPC (method, status, duration, x-request-id), off the request thread."
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level

@@ -1,0 +1,105 @@
+"""Failures inside the server: INTERNAL with a fixed message, the cause logged and never sent."""
+
+import logging
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
+from server.registry import InMemoryModelRegistry
+
+from .conftest import channel_to, in_memory_registry, running_server
+from .test_metrics import _scrape, _value
+
+INTERNAL_DETAIL = "connection string postgres://admin:hunter2@db"
+
+
+class FragileRegressor:
+    """Predicts 1.0, fails on incomes above 20 and answers NaN above 30 (warm-up uses 3.87)."""
+
+    def predict(self, values: np.ndarray) -> np.ndarray:
+        if (values[:, 0] > 30).any():
+            return np.full(len(values), np.nan)
+        if (values[:, 0] > 20).any():
+            raise RuntimeError(INTERNAL_DETAIL)
+        return np.ones(len(values))
+
+
+class SlowRegressor:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def predict(self, values: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return np.ones(len(values))
+
+
+def _house(income: float) -> housing_pb2.HousingFeatures:
+    return housing_pb2.HousingFeatures(
+        median_income=income,
+        house_age=20,
+        average_rooms=5,
+        average_bedrooms=1,
+        population=1000,
+        average_occupancy=3,
+        latitude=34,
+        longitude=-118,
+    )
+
+
+def _registry_with(estimator: object) -> InMemoryModelRegistry:
+    registry = in_memory_registry(housing=False)
+    registry.add("CaliforniaHousingBestModel", "champion", estimator, version="9")
+    return registry
+
+
+def test_an_estimator_failure_is_internal_without_leaking_its_cause(caplog):
+    with running_server(_registry_with(FragileRegressor())) as server, channel_to(server) as channel:
+        stub = housing_pb2_grpc.HousingPredictorStub(channel)
+        with caplog.at_level(logging.ERROR, logger="server.grpc_errors"), pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(_house(25.0), metadata=(("x-request-id", "req-42"),))
+        assert raised.value.code() == grpc.StatusCode.INTERNAL
+        assert raised.value.details() == "internal error"
+        assert INTERNAL_DETAIL not in str(raised.value.trailing_metadata())
+        assert stub.Predict(_house(5.0)).median_house_value == 1.0
+        assert server.metrics_port is not None
+        samples = _scrape(server.metrics_port)
+    assert any(INTERNAL_DETAIL in record.exc_text and "req-42" in record.getMessage() for record in caplog.records)
+    model = {"model": "CaliforniaHousingBestModel", "version": "9"}
+    assert _value(samples, "model_predictions_total", outcome="error", **model) == 1
+    assert _value(samples, "model_predictions_total", outcome="success", **model) == 1
+
+
+def test_a_non_finite_prediction_is_never_returned():
+    with running_server(_registry_with(FragileRegressor())) as server, channel_to(server) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            housing_pb2_grpc.HousingPredictorStub(channel).Predict(_house(35.0))
+        assert raised.value.code() == grpc.StatusCode.INTERNAL
+
+
+def test_a_model_that_fails_its_warm_up_is_not_served():
+    class Broken:
+        def predict(self, values: np.ndarray) -> np.ndarray:
+            return np.ones((len(values), 2))
+
+    with running_server(_registry_with(Broken())) as server, channel_to(server) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            housing_pb2_grpc.HousingPredictorStub(channel).Predict(_house(5.0))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_stop_lets_in_flight_calls_finish_and_refuses_new_ones():
+    with running_server(_registry_with(SlowRegressor(0.8))) as server, channel_to(server) as channel:
+        stub = housing_pb2_grpc.HousingPredictorStub(channel)
+        in_flight = stub.Predict.future(_house(5.0))
+        time.sleep(0.2)
+        stopper = threading.Thread(target=server.stop, kwargs={"grace": 5.0})
+        stopper.start()
+        assert in_flight.result(timeout=5).median_house_value == 1.0
+        stopper.join(timeout=10)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(_house(5.0), timeout=2)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
