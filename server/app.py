@@ -129,6 +129,7 @@ def build_server(
         metrics=metrics,
         runtime=runtime,
         max_batch_size=settings.max_batch_size,
+        small_batch_rows=settings.small_batch_rows,
     )
     iris = IrisEndpoint(
         ModelSlot.IRIS,

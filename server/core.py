@@ -4,12 +4,14 @@ Each endpoint takes one snapshot of its model from the store per request, valida
 predicts in one estimator call and reports which version answered.
 """
 
+import dataclasses
+import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Any
 
 import numpy as np
 
+from server.compiled_trees import CompiledForest
 from server.domain import (
     FeatureBatch,
     FloatMatrix,
@@ -25,7 +27,11 @@ from server.metrics import BoundModelMetrics, ModelMetrics
 from server.model_store import ModelSlot, ModelStore
 from server.runtime import PredictRuntime
 
+logger = logging.getLogger(__name__)
+
 IRIS_CLASS_COUNT = 3
+# Rows on which a compiled fast path must reproduce the estimator exactly before it is used.
+VERIFICATION_ROWS = 256
 
 
 class ModelOutputError(Exception):
@@ -44,10 +50,12 @@ class ModelEndpoint(ABC):
         metrics: ModelMetrics,
         runtime: PredictRuntime,
         max_batch_size: int,
+        small_batch_rows: int = 0,
     ) -> None:
         self.slot = slot
         self.features = features
         self.max_batch_size = max_batch_size
+        self._small_batch_rows = small_batch_rows
         self._store = store
         self._metrics = metrics
         self._runtime = runtime
@@ -56,16 +64,28 @@ class ModelEndpoint(ABC):
     def describe(self) -> ModelDescription:
         return self._store.get(self.slot).description
 
-    def check_model(self, model: LoadedModel) -> None:
-        """Warm a candidate model up and check its output; raise ModelLoadError if it is unfit to serve."""
+    def prepare(self, model: LoadedModel) -> LoadedModel:
+        """Check a candidate model, attach any fast path and warm it up; ModelLoadError if it is unfit."""
         try:
-            self._predict_with(model.estimator, self.features.example_row)
+            self._predict_with(model, self.features.example_row)
         except Exception as exc:
             raise ModelLoadError(f"{model.description.model_uri} failed its warm-up prediction: {exc}") from exc
+        return model
+
+    def sample_rows(self, count: int) -> FloatMatrix:
+        """Valid inputs spread over each feature's accepted range (fixed seed), plus the example row."""
+        generator = np.random.default_rng(0)
+        low = np.array([spec.minimum for spec in self.features.specs])
+        high = np.array([spec.maximum for spec in self.features.specs])
+        spread = generator.uniform(low, high, size=(count - 1, len(self.features)))
+        return np.vstack([self.features.example_row, spread])
 
     @abstractmethod
-    def _predict_with(self, estimator: Any, values: FloatMatrix) -> FloatMatrix:
-        """Call the estimator and check its output."""
+    def _predict_with(self, model: LoadedModel, values: FloatMatrix) -> FloatMatrix:
+        """Call the model and check its output."""
+
+    def _uses_small_batch_path(self, model: LoadedModel, values: FloatMatrix) -> bool:
+        return model.small_batch_predict is not None and values.shape[0] <= self._small_batch_rows
 
     def _run(self, batch: FeatureBatch) -> tuple[FloatMatrix, ModelVersionRef]:
         model = self._store.get(self.slot)
@@ -82,7 +102,7 @@ class ModelEndpoint(ABC):
             bound.invalid_input.inc(rows)
             raise
         try:
-            output = self._runtime.run(lambda values: self._predict_with(model.estimator, values), batch.values)
+            output = self._runtime.run(lambda values: self._predict_with(model, values), batch.values)
         except Exception:
             bound.error.inc(rows)
             raise
@@ -117,8 +137,20 @@ class HousingEndpoint(ModelEndpoint):
         values, ref = self._run(batch)
         return HousingPredictions(values=values, model=ref)
 
-    def _predict_with(self, estimator: Any, values: FloatMatrix) -> FloatMatrix:
-        output = np.asarray(estimator.predict(values), dtype=np.float64)
+    def prepare(self, model: LoadedModel) -> LoadedModel:
+        compiled = CompiledForest.from_estimator(model.estimator) if self._small_batch_rows else None
+        if compiled is not None:
+            if compiled.matches(model.estimator, self.sample_rows(VERIFICATION_ROWS)):
+                model = dataclasses.replace(model, small_batch_predict=compiled.predict)
+            else:
+                logger.warning("%s: compiled trees disagree with scikit-learn; not used", model.description.model_uri)
+        return super().prepare(model)
+
+    def _predict_with(self, model: LoadedModel, values: FloatMatrix) -> FloatMatrix:
+        if self._uses_small_batch_path(model, values):
+            output = model.small_batch_predict(values)  # type: ignore[misc]
+        else:
+            output = np.asarray(model.estimator.predict(values), dtype=np.float64)
         return _finite_or_raise(output, (values.shape[0],))
 
 
@@ -127,15 +159,15 @@ class IrisEndpoint(ModelEndpoint):
         probabilities, ref = self._run(batch)
         return IrisClassifications(probabilities=probabilities, model=ref)
 
-    def check_model(self, model: LoadedModel) -> None:
+    def prepare(self, model: LoadedModel) -> LoadedModel:
         classes = getattr(model.estimator, "classes_", None)
         if classes is None or list(classes) != list(range(IRIS_CLASS_COUNT)):
             raise ModelLoadError(
                 f"{model.description.model_uri} has classes {classes!r}; expected 0, 1, 2 "
                 "(setosa, versicolor, virginica)"
             )
-        super().check_model(model)
+        return super().prepare(model)
 
-    def _predict_with(self, estimator: Any, values: FloatMatrix) -> FloatMatrix:
-        output = np.asarray(estimator.predict_proba(values), dtype=np.float64)
+    def _predict_with(self, model: LoadedModel, values: FloatMatrix) -> FloatMatrix:
+        output = np.asarray(model.estimator.predict_proba(values), dtype=np.float64)
         return _finite_or_raise(output, (values.shape[0], IRIS_CLASS_COUNT))

@@ -1,6 +1,6 @@
 """Typed values that flow between the protocol adapters and the prediction core."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,10 +53,15 @@ class ModelDescription:
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """A fitted estimator with its description. Immutable, so a request holds one consistent snapshot."""
+    """A fitted estimator with its description. Immutable, so a request holds one consistent snapshot.
+
+    ``small_batch_predict`` is an optional faster path for a few rows that was proven to give the
+    estimator's exact answers when the model was prepared (see ``server.compiled_trees``).
+    """
 
     description: ModelDescription
     estimator: Any
+    small_batch_predict: Callable[[FloatMatrix], FloatMatrix] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,7 @@ class ModelLoader:
         """Load the slot's model; True when it is now serving. Failures are logged and counted."""
         entry = self._served[slot]
         try:
-            model = self._registry.load(entry.name, entry.alias)
-            entry.endpoint.check_model(model)
+            model = entry.endpoint.prepare(self._registry.load(entry.name, entry.alias))
         except ModelLoadError as exc:
             logger.error("%s model not loaded: %s", slot, exc)
             self._metrics.load_failures.labels(slot).inc()

@@ -52,6 +52,12 @@ class ServerSettings(BaseSettings):
         description="Batches of at least this many rows predict with every core; smaller ones with one "
         "thread, which is faster for them and leaves the other cores to concurrent calls.",
     )
+    small_batch_rows: int = Field(
+        16,
+        ge=0,
+        description="Requests of at most this many rows use a model's compiled fast path when it has one "
+        "(gradient-boosted trees: ~10x faster for one row, identical answers); 0 turns it off.",
+    )
     log_level: str = Field("INFO", description="Logging level of the server process.")
     access_log: bool = Field(
         True, description="Log one line per RPC (method, status, duration, x-request-id), off the request thread."

@@ -54,12 +54,25 @@ def test_predict_answers_with_the_registry_champion_and_names_its_version(channe
     prediction = stub.Predict(housing_pb2.HousingFeatures(**HOUSE))
 
     expected = _registry_model(trained_registry, "CaliforniaHousingBestModel").predict(np.array([list(HOUSE.values())]))
-    assert prediction.median_house_value == pytest.approx(expected[0], rel=1e-12)
+    # Exactly: the one-row path runs the compiled trees, which must match scikit-learn bit for bit.
+    assert prediction.median_house_value == expected[0]
     assert prediction.median_house_value_usd == pytest.approx(expected[0] * 100_000, rel=1e-12)
     assert prediction.model.name == "CaliforniaHousingBestModel"
     assert prediction.model.version == "1"
     assert prediction.model.alias == "champion"
     assert len(prediction.model.run_id) == 32
+
+
+def test_large_batches_match_the_registry_model_exactly(channel, trained_registry):
+    generator = np.random.default_rng(3)
+    rows = np.array([list(HOUSE.values())] * 40)
+    rows[:, :6] *= generator.uniform(0.5, 1.5, size=(40, 6))  # vary all but the coordinates
+    request = housing_pb2.HousingBatchRequest(
+        instances=[housing_pb2.HousingFeatures(**dict(zip(HOUSE, row, strict=True))) for row in rows.tolist()]
+    )
+    batch = housing_pb2_grpc.HousingPredictorStub(channel).PredictBatch(request)
+    expected = _registry_model(trained_registry, "CaliforniaHousingBestModel").predict(rows)
+    assert [p.median_house_value for p in batch.predictions] == expected.tolist()
 
 
 def test_predict_batch_keeps_request_order_and_matches_single_predictions(channel):
