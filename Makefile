@@ -9,7 +9,9 @@ PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 
 .PHONY: install lock proto proto-check fmt check test pytest data train run serve bench clean
 
-install: $(VENV)/.installed
+NODE_CLIENT := tests/server/node_client
+
+install: $(VENV)/.installed $(NODE_CLIENT)/node_modules/.package-lock.json
 
 # Installs exactly the locked versions; re-runs only when the lock or pyproject changes.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -18,6 +20,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	touch $@
+
+# The Node.js client that proves the .proto files alone make a working client (skipped without npm).
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	if command -v npm > /dev/null; then npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund --silent; \
+	else echo "npm not found: the Node.js client test will be skipped"; fi
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --quiet -o requirements.lock
