@@ -102,7 +102,13 @@ def model_info_to_proto(description: ModelDescription, table: FeatureTable, max_
         loaded_at=loaded_at,
         training_metrics=dict(description.training_metrics),
         features=[
-            model_pb2.FeatureSpec(name=spec.name, unit=spec.unit, minimum=spec.minimum, maximum=spec.maximum)
+            model_pb2.FeatureSpec(
+                name=spec.name,
+                unit=spec.unit,
+                minimum=spec.minimum,
+                maximum=spec.maximum,
+                exclusive_minimum=spec.exclusive_minimum,
+            )
             for spec in table.specs
         ],
         max_batch_size=max_batch_size,

@@ -59,4 +59,5 @@ def test_model_info_lists_features_with_units_and_bounds():
     assert dict(info.training_metrics) == {"accuracy": 0.97}
     assert [f.name for f in info.features] == list(IRIS_FEATURE_TABLE.names)
     assert info.features[0].unit == "cm"
+    assert info.features[0].exclusive_minimum
     assert info.max_batch_size == 500

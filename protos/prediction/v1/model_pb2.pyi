@@ -146,7 +146,9 @@ Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
 
 @_typing.final
 class FeatureSpec(_message.Message):
-    """One input feature and the range the server accepts for it (inclusive bounds)."""
+    """One input feature and the range the server accepts for it: minimum <= value <= maximum, or
+    minimum < value when exclusive_minimum is set. Values outside it get INVALID_ARGUMENT.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -154,12 +156,15 @@ class FeatureSpec(_message.Message):
     UNIT_FIELD_NUMBER: _builtins.int
     MINIMUM_FIELD_NUMBER: _builtins.int
     MAXIMUM_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_MINIMUM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Field name in the request message, e.g. "median_income"."""
     unit: _builtins.str
     """Unit and meaning, e.g. "tens of thousands of US dollars"."""
     minimum: _builtins.float
     maximum: _builtins.float
+    exclusive_minimum: _builtins.bool
+    """True when the minimum itself is not accepted (e.g. iris measurements must be greater than 0)."""
     def __init__(
         self,
         *,
@@ -167,10 +172,11 @@ class FeatureSpec(_message.Message):
         unit: _builtins.str = ...,
         minimum: _builtins.float = ...,
         maximum: _builtins.float = ...,
+        exclusive_minimum: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["maximum", b"maximum", "minimum", b"minimum", "name", b"name", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclusive_minimum", b"exclusive_minimum", "maximum", b"maximum", "minimum", b"minimum", "name", b"name", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
