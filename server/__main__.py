@@ -15,9 +15,12 @@ from server.settings import ServerSettings
 def main() -> None:
     settings = ServerSettings()
     log_listener = configure_logging(settings.log_level)
-    # MLflow reads these itself; the server sets them before MLflow is first imported (at model load).
+    # Read by libraries themselves, before they are first imported (MLflow and scikit-learn load with the
+    # models). Passive OpenMP waiting: threads left idle after a parallel batch sleep rather than spin on
+    # cores that concurrent requests need.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     server = build_server(settings, MlflowModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_registry_uri))
     stop_requested = threading.Event()

@@ -11,7 +11,6 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from server.compiled_trees import CompiledForest
 from server.domain import (
     FeatureBatch,
     FloatMatrix,
@@ -22,6 +21,7 @@ from server.domain import (
     ModelVersionRef,
 )
 from server.errors import FieldViolation, InvalidInputError, ModelLoadError
+from server.fast_paths import compile_fast_path, reproduces
 from server.features import FeatureTable
 from server.metrics import BoundModelMetrics, ModelMetrics
 from server.model_store import ModelSlot, ModelStore
@@ -40,6 +40,9 @@ class ModelOutputError(Exception):
 
 class ModelEndpoint(ABC):
     """What the housing and iris endpoints share: snapshot, validation, metrics, runtime."""
+
+    # The estimator method this endpoint calls: "predict" or "predict_proba".
+    estimator_method = "predict"
 
     def __init__(
         self,
@@ -66,6 +69,13 @@ class ModelEndpoint(ABC):
 
     def prepare(self, model: LoadedModel) -> LoadedModel:
         """Check a candidate model, attach any fast path and warm it up; ModelLoadError if it is unfit."""
+        fast_path = compile_fast_path(model.estimator, self.estimator_method) if self._small_batch_rows else None
+        if fast_path is not None:
+            sample = self.sample_rows(VERIFICATION_ROWS)
+            if reproduces(fast_path, model.estimator, self.estimator_method, sample):
+                model = dataclasses.replace(model, small_batch_predict=fast_path)
+            else:
+                logger.warning("%s: fast path disagrees with scikit-learn; not used", model.description.model_uri)
         try:
             self._predict_with(model, self.features.example_row)
         except Exception as exc:
@@ -73,19 +83,32 @@ class ModelEndpoint(ABC):
         return model
 
     def sample_rows(self, count: int) -> FloatMatrix:
-        """Valid inputs spread over each feature's accepted range (fixed seed), plus the example row."""
+        """Valid inputs (fixed seed): the example row, rows around it, and rows over the whole accepted range."""
         generator = np.random.default_rng(0)
         low = np.array([spec.minimum for spec in self.features.specs])
         high = np.array([spec.maximum for spec in self.features.specs])
-        spread = generator.uniform(low, high, size=(count - 1, len(self.features)))
-        return np.vstack([self.features.example_row, spread])
+        near = count // 2
+        typical = self.features.example_row * generator.uniform(0.5, 1.5, size=(near, len(self.features)))
+        spread = generator.uniform(low, high, size=(count - near - 1, len(self.features)))
+        return np.vstack([self.features.example_row, np.clip(typical, low, high), spread])
+
+    def _predict_with(self, model: LoadedModel, values: FloatMatrix) -> FloatMatrix:
+        fast_path = model.small_batch_predict
+        if fast_path is not None and values.shape[0] <= self._small_batch_rows:
+            output = fast_path(values)
+        else:
+            output = np.asarray(getattr(model.estimator, self.estimator_method)(values), dtype=np.float64)
+        if output.shape != self._output_shape(values.shape[0]):
+            raise ModelOutputError(
+                f"model returned shape {output.shape}, expected {self._output_shape(values.shape[0])}"
+            )
+        if not np.isfinite(output).all():
+            raise ModelOutputError("model returned a non-finite value")
+        return output
 
     @abstractmethod
-    def _predict_with(self, model: LoadedModel, values: FloatMatrix) -> FloatMatrix:
-        """Call the model and check its output."""
-
-    def _uses_small_batch_path(self, model: LoadedModel, values: FloatMatrix) -> bool:
-        return model.small_batch_predict is not None and values.shape[0] <= self._small_batch_rows
+    def _output_shape(self, rows: int) -> tuple[int, ...]:
+        """The shape a correct answer for ``rows`` rows has."""
 
     def _run(self, batch: FeatureBatch) -> tuple[FloatMatrix, ModelVersionRef]:
         model = self._store.get(self.slot)
@@ -124,37 +147,18 @@ class ModelEndpoint(ABC):
             raise InvalidInputError(f"instances: {description}", (FieldViolation("instances", description),))
 
 
-def _finite_or_raise(output: FloatMatrix, expected_shape: tuple[int, ...]) -> FloatMatrix:
-    if output.shape != expected_shape:
-        raise ModelOutputError(f"model returned shape {output.shape}, expected {expected_shape}")
-    if not np.isfinite(output).all():
-        raise ModelOutputError("model returned a non-finite value")
-    return output
-
-
 class HousingEndpoint(ModelEndpoint):
     def predict(self, batch: FeatureBatch) -> HousingPredictions:
         values, ref = self._run(batch)
         return HousingPredictions(values=values, model=ref)
 
-    def prepare(self, model: LoadedModel) -> LoadedModel:
-        compiled = CompiledForest.from_estimator(model.estimator) if self._small_batch_rows else None
-        if compiled is not None:
-            if compiled.matches(model.estimator, self.sample_rows(VERIFICATION_ROWS)):
-                model = dataclasses.replace(model, small_batch_predict=compiled.predict)
-            else:
-                logger.warning("%s: compiled trees disagree with scikit-learn; not used", model.description.model_uri)
-        return super().prepare(model)
-
-    def _predict_with(self, model: LoadedModel, values: FloatMatrix) -> FloatMatrix:
-        if self._uses_small_batch_path(model, values):
-            output = model.small_batch_predict(values)  # type: ignore[misc]
-        else:
-            output = np.asarray(model.estimator.predict(values), dtype=np.float64)
-        return _finite_or_raise(output, (values.shape[0],))
+    def _output_shape(self, rows: int) -> tuple[int, ...]:
+        return (rows,)
 
 
 class IrisEndpoint(ModelEndpoint):
+    estimator_method = "predict_proba"
+
     def classify(self, batch: FeatureBatch) -> IrisClassifications:
         probabilities, ref = self._run(batch)
         return IrisClassifications(probabilities=probabilities, model=ref)
@@ -168,6 +172,5 @@ class IrisEndpoint(ModelEndpoint):
             )
         return super().prepare(model)
 
-    def _predict_with(self, model: LoadedModel, values: FloatMatrix) -> FloatMatrix:
-        output = np.asarray(model.estimator.predict_proba(values), dtype=np.float64)
-        return _finite_or_raise(output, (values.shape[0], IRIS_CLASS_COUNT))
+    def _output_shape(self, rows: int) -> tuple[int, ...]:
+        return (rows, IRIS_CLASS_COUNT)

@@ -56,7 +56,7 @@ class LoadedModel:
     """A fitted estimator with its description. Immutable, so a request holds one consistent snapshot.
 
     ``small_batch_predict`` is an optional faster path for a few rows that was proven to give the
-    estimator's exact answers when the model was prepared (see ``server.compiled_trees``).
+    estimator's exact answers when the model was prepared (see ``server.fast_paths``).
     """
 
     description: ModelDescription

@@ -19,10 +19,19 @@ T = TypeVar("T")
 
 
 class PredictRuntime:
-    def __init__(self, parallel_batch_rows: int, controller: ThreadpoolController | None = None) -> None:
+    def __init__(self, parallel_batch_rows: int) -> None:
+        # A controller sees only the libraries loaded when it is made, and scikit-learn's OpenMP runtime
+        # loads with scikit-learn: import it first, or the limits would silently miss OpenMP.
+        import sklearn  # noqa: F401, PLC0415
+
         self._parallel_batch_rows = parallel_batch_rows
-        self._controller = controller or ThreadpoolController()
+        self._controller = ThreadpoolController()
         self._all_cores = os.cpu_count() or 1
+
+    @property
+    def controlled_apis(self) -> frozenset[str]:
+        """The thread-pool APIs this runtime limits, e.g. ``{"openmp", "blas"}``."""
+        return frozenset(controller.user_api for controller in self._controller.lib_controllers)
 
     def limit_current_thread(self) -> None:
         """Make the calling thread's OpenMP calls single-threaded (the initializer of RPC workers)."""
