@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/prediction/v1/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install lock proto proto-check fmt check test pytest data train run serve bench clean
+.PHONY: install lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge
 
 NODE_CLIENT := tests/server/node_client
 
@@ -64,10 +64,21 @@ train: install
 serve: install
 	$(BIN)/python -m server
 
-run: train serve
+# The gRPC server and the REST bridge together; Ctrl-C stops both.
+serve-all: install
+	$(BIN)/python scripts/serve_all.py
+
+run: train serve-all
 
 bench: install
-	$(BIN)/python -m benchmarks.grpc_vs_baselines
+	$(BIN)/python -m benchmarks.serving_baselines
+
+# The REST bridge in front of the gRPC server (make serve in another shell).
+bridge: install
+	$(BIN)/python -m rest_bridge
+
+bench-bridge: install
+	$(BIN)/python -m benchmarks.bridge_vs_grpc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,9 @@ import pytest
 # MLflow decides about telemetry when it is first imported, which happens while tests are collected.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# Idle OpenMP threads sleep instead of spinning: with servers and training sharing two cores, spinning
+# threads turn a 2 s gradient-boosting fit into minutes. Read when scikit-learn's OpenMP runtime loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +24,39 @@ def offline_data_home() -> Path:
         if (candidate / "cal_housing_py3.pkz").is_file():
             return candidate
     pytest.skip("California housing data is not available offline; set SCIKIT_LEARN_DATA")
+
+
+# Imported after the environment is set: MLflow reads it on import.
+from server.app import PredictionServer  # noqa: E402
+from server.registry import MlflowModelRegistry  # noqa: E402
+from training.pipeline import train_housing, train_iris  # noqa: E402
+from training.settings import TrainingSettings  # noqa: E402
+
+from .server.conftest import running_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory: pytest.TempPathFactory, offline_data_home: Path) -> TrainingSettings:
+    """A real MLflow SQLite registry holding both models, trained quickly on a sample of the real data."""
+    root = tmp_path_factory.mktemp("registry")
+    settings = TrainingSettings(
+        mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        artifact_root=root / "artifacts",
+        data_dir=root / "data",
+        scikit_learn_data=offline_data_home,
+        allow_download=False,
+        max_rows=3000,
+        housing_max_iter=60,
+        housing_max_rmse=10.0,
+        iris_min_accuracy=0.5,
+    )
+    train_housing(settings)
+    train_iris(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(trained_registry: TrainingSettings) -> Iterator[PredictionServer]:
+    """One server over the trained registry, shared by the tests that only read from it."""
+    with running_server(MlflowModelRegistry(trained_registry.mlflow_tracking_uri)) as server:
+        yield server

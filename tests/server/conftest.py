@@ -2,7 +2,6 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -11,10 +10,8 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from server.app import PredictionServer, build_server
-from server.registry import InMemoryModelRegistry, MlflowModelRegistry, ModelRegistry
+from server.registry import InMemoryModelRegistry, ModelRegistry
 from server.settings import ServerSettings
-from training.pipeline import train_housing, train_iris
-from training.settings import TrainingSettings
 
 
 def server_settings(**overrides: object) -> ServerSettings:
@@ -44,36 +41,10 @@ def running_server(registry: ModelRegistry, **overrides: object) -> Iterator[Pre
 
 @contextmanager
 def channel_to(server: PredictionServer) -> Iterator[grpc.Channel]:
+    # No channel_ready_future: its polling thread can raise "Channel closed" after the test is done.
+    # The server is already started, so the first call connects.
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        grpc.channel_ready_future(channel).result(timeout=10)
         yield channel
-
-
-@pytest.fixture(scope="session")
-def trained_registry(tmp_path_factory: pytest.TempPathFactory, offline_data_home: Path) -> TrainingSettings:
-    """A real MLflow SQLite registry holding both models, trained quickly on a sample of the real data."""
-    root = tmp_path_factory.mktemp("registry")
-    settings = TrainingSettings(
-        mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=root / "artifacts",
-        data_dir=root / "data",
-        scikit_learn_data=offline_data_home,
-        allow_download=False,
-        max_rows=3000,
-        housing_max_iter=60,
-        housing_max_rmse=10.0,
-        iris_min_accuracy=0.5,
-    )
-    train_housing(settings)
-    train_iris(settings)
-    return settings
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(trained_registry: TrainingSettings) -> Iterator[PredictionServer]:
-    """One server over the trained registry, shared by the tests that only read from it."""
-    with running_server(MlflowModelRegistry(trained_registry.mlflow_tracking_uri)) as server:
-        yield server
 
 
 @pytest.fixture

@@ -1,14 +1,9 @@
 """``python -m server`` as a real process: configured by environment, serving, stopping on SIGTERM."""
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,54 +12,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.prediction.v1 import iris_pb2, iris_pb2_grpc
 from training.settings import TrainingSettings
 
-from ..conftest import REPO_ROOT
+from ..processes import Process, started
 
 PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
 
 
-class ServerProcess:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server"],
-            cwd=REPO_ROOT,
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = 60) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := pattern.search(line):
-                    return match
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern.pattern!r}:\n{''.join(self.lines)}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-        self._reader.join(timeout=5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-
-
 @pytest.fixture
-def server_process(trained_registry: TrainingSettings, tmp_path: Path) -> Iterator[ServerProcess]:
+def server_process(trained_registry: TrainingSettings) -> Iterator[Process]:
     env = {
-        **os.environ,
         "MLFLOW_TRACKING_URI": trained_registry.mlflow_tracking_uri,
         "PREDICTOR_HOST": "127.0.0.1",
         "PREDICTOR_PORT": "0",
@@ -72,14 +27,11 @@ def server_process(trained_registry: TrainingSettings, tmp_path: Path) -> Iterat
         "PREDICTOR_METRICS_PORT": "0",
         "PREDICTOR_GRACE_SECONDS": "3",
     }
-    process = ServerProcess(env)
-    try:
+    with started("server", env) as process:
         yield process
-    finally:
-        process.stop()
 
 
-def test_server_process_serves_then_stops_cleanly_on_sigterm(server_process: ServerProcess):
+def test_server_process_serves_then_stops_cleanly_on_sigterm(server_process: Process):
     grpc_port = int(server_process.wait_for(PORTS).group(1))
     server_process.wait_for(re.compile(r"iris serving IrisBestModel version 1"))
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:

@@ -1,0 +1,1 @@
+"""Benchmarks that start real processes and measure them from outside."""

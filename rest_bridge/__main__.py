@@ -1,0 +1,44 @@
+"""``python -m rest_bridge``: serve the REST bridge with uvicorn until SIGTERM or SIGINT, then exit 0."""
+
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from rest_bridge.app import create_app
+from rest_bridge.logs import start_logging
+from rest_bridge.settings import BridgeSettings
+
+logger = logging.getLogger(__name__)
+
+
+def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
+    logger.info("received %s: stopped", signal.Signals(signum).name)
+    raise SystemExit(0)
+
+
+def main() -> None:
+    settings = BridgeSettings()
+    listener = start_logging(settings.log_level)
+    # uvicorn shuts down gracefully on these signals, then re-raises the signal to the handler it found
+    # installed; this one ends the process with 0, like the gRPC server. It also covers a signal that
+    # arrives before uvicorn has installed its own handlers.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
+    try:
+        logger.info("bridging to gRPC target %s", settings.channel_target)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            # Logging is already set up (queued); the bridge writes its own access log with request ids.
+            log_config=None,
+            access_log=False,
+        )
+    finally:
+        listener.stop()
+
+
+if __name__ == "__main__":
+    main()

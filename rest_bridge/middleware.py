@@ -1,0 +1,101 @@
+"""Per-request bookkeeping, as one plain ASGI middleware (no BaseHTTPMiddleware: it costs a task per call).
+
+For every HTTP request it settles the request id, returns it as ``X-Request-ID``, counts the request
+and its latency by route and status, writes the access log line, and turns any exception that escaped
+the app into the standard 500 error body (logged with its traceback and request id).
+"""
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rest_bridge.errors import INTERNAL_MESSAGE, error_response
+from rest_bridge.metrics import UNMATCHED_ROUTE, BridgeMetrics
+
+logger = logging.getLogger(__name__)
+ACCESS_LOGGER = "rest_bridge.access"
+ACCESS_FORMAT = '%s "%s %s" %d %.2fms id=%s'
+access_logger = logging.getLogger(ACCESS_LOGGER)
+
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def accepted_request_id(value: bytes) -> str | None:
+    """The client's id if it is 1 to 128 visible ASCII characters (what logs and gRPC metadata can carry)."""
+    if 0 < len(value) <= MAX_REQUEST_ID_LENGTH and all(0x21 <= byte <= 0x7E for byte in value):
+        return value.decode("ascii")
+    return None
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            accepted = accepted_request_id(value)
+            if accepted is not None:
+                return accepted
+            break
+    return uuid.uuid4().hex
+
+
+def _route_of(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: BridgeMetrics, access_log: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("request %s failed", request_id)
+            if not started:
+                await error_response(500, "INTERNAL", INTERNAL_MESSAGE, request_id)(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            method = scope["method"]
+            self.metrics.observe_request(_route_of(scope), method, status, elapsed)
+            if self.access_log and access_logger.isEnabledFor(logging.INFO):
+                # makeRecord + handle is logger.info without its stack walk for the caller's line.
+                args = (_client(scope), method, _path(scope), status, elapsed * 1000, request_id)
+                access_logger.handle(
+                    access_logger.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, ACCESS_FORMAT, args, None)
+                )
+
+
+def _path(scope: Scope) -> str:
+    # The raw path keeps %-escapes, so a client cannot write a line break into the log.
+    raw = scope.get("raw_path")
+    return raw.decode("ascii", "backslashreplace") if isinstance(raw, bytes) else repr(scope["path"])
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"

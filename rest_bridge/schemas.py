@@ -1,0 +1,294 @@
+"""The REST contract: one pydantic model per protobuf message the bridge exposes, field for field.
+
+Field names are the proto field names, so a JSON body reads like the proto3 JSON form with the original
+names. Feature names, units, bounds and examples come from ``server.features``, the table the server
+validates with, so the two cannot drift; ``tests/rest_bridge/test_schemas.py`` walks the protobuf
+descriptors and proves every proto field has its REST counterpart and the reverse.
+
+Differences from the protobuf messages, all deliberate:
+- Request features are required, finite, in range, and strictly numbers (no "3.2" strings, no booleans);
+  unknown fields are rejected (``extra="forbid"``), so a misspelt feature is an error and not silently
+  ignored. The server would reject the same inputs; the bridge just says so before the network hop.
+- ``IrisSpecies`` is a string enum of lower-case names (``IRIS_SPECIES_SETOSA`` -> ``"setosa"``);
+  ``IRIS_SPECIES_UNSPECIFIED`` is never sent by the server and has no REST value.
+- ``google.protobuf.Timestamp`` is an RFC 3339 date-time string.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+
+from server import features as server_features
+from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE, FeatureTable
+
+# What each feature means; units, bounds and examples are taken from the server's feature tables.
+HOUSING_FEATURE_MEANINGS = {
+    "median_income": "Median income of households in the block group (3.87 = $38,700).",
+    "house_age": "Median age of the houses in the block group.",
+    "average_rooms": "Average number of rooms per household.",
+    "average_bedrooms": "Average number of bedrooms per household.",
+    "population": "Number of people living in the block group.",
+    "average_occupancy": "Average number of people per household.",
+    "latitude": "Latitude of the block group's centre (California).",
+    "longitude": "Longitude of the block group's centre; negative is west (California).",
+}
+IRIS_FEATURE_MEANINGS = {
+    "sepal_length_cm": "Sepal length.",
+    "sepal_width_cm": "Sepal width.",
+    "petal_length_cm": "Petal length.",
+    "petal_width_cm": "Petal width.",
+}
+
+
+def _spec(table: FeatureTable, name: str) -> server_features.FeatureSpec:
+    return table.specs[table.names.index(name)]
+
+
+def _feature(table: FeatureTable, meanings: dict[str, str], name: str) -> Any:
+    """A required, strictly numeric field with the bounds, unit and example of the server's table."""
+    spec = _spec(table, name)
+    low = "greater than" if spec.exclusive_minimum else "from"
+    high = "and at most" if spec.exclusive_minimum else "to"
+    return Field(
+        description=f"{meanings[name]} Unit: {spec.unit}. Accepted: {low} {spec.minimum:,.10g} {high} "
+        f"{spec.maximum:,.10g}.",
+        examples=[spec.example],
+        gt=spec.minimum if spec.exclusive_minimum else None,
+        ge=None if spec.exclusive_minimum else spec.minimum,
+        le=spec.maximum,
+        strict=True,
+        allow_inf_nan=False,
+    )
+
+
+def _example_instance(table: FeatureTable) -> JsonDict:
+    return {spec.name: spec.example for spec in table.specs}
+
+
+def _housing(name: str) -> Any:
+    return _feature(HOUSING_FEATURE_TABLE, HOUSING_FEATURE_MEANINGS, name)
+
+
+def _iris(name: str) -> Any:
+    return _feature(IRIS_FEATURE_TABLE, IRIS_FEATURE_MEANINGS, name)
+
+
+_REQUEST = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ModelVersion(BaseModel):
+    """Which registered model version produced an answer."""
+
+    name: str = Field(description="Registered model name in the MLflow model registry.")
+    version: str = Field(description='Registry version number, as a string ("1", "2", ...).')
+    alias: str = Field(description='Registry alias the server resolved to load this version, e.g. "champion".')
+    run_id: str = Field(description="MLflow run id of the training run that produced this version.")
+
+
+class HousingFeatures(BaseModel):
+    """The eight features of one California census block group (1990 census). Every field is required."""
+
+    model_config = ConfigDict(**_REQUEST, json_schema_extra={"examples": [_example_instance(HOUSING_FEATURE_TABLE)]})
+
+    median_income: float = _housing("median_income")
+    house_age: float = _housing("house_age")
+    average_rooms: float = _housing("average_rooms")
+    average_bedrooms: float = _housing("average_bedrooms")
+    population: float = _housing("population")
+    average_occupancy: float = _housing("average_occupancy")
+    latitude: float = _housing("latitude")
+    longitude: float = _housing("longitude")
+
+
+class HousingValue(BaseModel):
+    """The predicted median house value of one block group, in two units."""
+
+    median_house_value: float = Field(
+        description="Predicted median house value in units of $100,000 (2.07 = $207,000), the model's own unit."
+    )
+    median_house_value_usd: float = Field(description="The same prediction in US dollars.")
+
+
+class HousingPrediction(HousingValue):
+    """Answer to POST /predict/housing."""
+
+    model: ModelVersion = Field(description="The model version that made this prediction.")
+
+
+class HousingBatchRequest(BaseModel):
+    """Block groups to predict in one call: at least one; at most the server's maximum batch size (see
+    ``max_batch_size`` in GET /models)."""
+
+    model_config = ConfigDict(
+        **_REQUEST, json_schema_extra={"examples": [{"instances": [_example_instance(HOUSING_FEATURE_TABLE)]}]}
+    )
+
+    instances: list[HousingFeatures] = Field(min_length=1, description="The block groups, in any order.")
+
+
+class HousingBatchPrediction(BaseModel):
+    """Answer to POST /predict/housing/batch: one prediction per instance, in request order."""
+
+    predictions: list[HousingValue] = Field(description="One prediction per instance, in request order.")
+    model: ModelVersion = Field(description="The model version that made every prediction in this batch.")
+
+
+class IrisFeatures(BaseModel):
+    """The four measurements of one iris flower. Every field is required."""
+
+    model_config = ConfigDict(**_REQUEST, json_schema_extra={"examples": [_example_instance(IRIS_FEATURE_TABLE)]})
+
+    sepal_length_cm: float = _iris("sepal_length_cm")
+    sepal_width_cm: float = _iris("sepal_width_cm")
+    petal_length_cm: float = _iris("petal_length_cm")
+    petal_width_cm: float = _iris("petal_width_cm")
+
+
+class IrisSpecies(StrEnum):
+    """The species the classifier knows (the proto enum ``IrisSpecies`` without its prefix, lower case)."""
+
+    SETOSA = "setosa"
+    VERSICOLOR = "versicolor"
+    VIRGINICA = "virginica"
+
+
+class SpeciesProbabilities(BaseModel):
+    """Probability of each species; the three add up to 1."""
+
+    setosa: float = Field(ge=0, le=1, description="Probability of Iris setosa.")
+    versicolor: float = Field(ge=0, le=1, description="Probability of Iris versicolor.")
+    virginica: float = Field(ge=0, le=1, description="Probability of Iris virginica.")
+
+
+class IrisClassification(BaseModel):
+    """The classification of one flower."""
+
+    species: IrisSpecies = Field(description="The most probable species.")
+    species_name: str = Field(description="The most probable species by its common name (same as species).")
+    probabilities: SpeciesProbabilities
+    confidence: float = Field(
+        ge=0, le=1, description="Probability of the predicted species (the largest of the three), from 1/3 to 1."
+    )
+
+
+class IrisPrediction(IrisClassification):
+    """Answer to POST /predict/iris."""
+
+    model: ModelVersion = Field(description="The model version that made this classification.")
+
+
+class IrisBatchRequest(BaseModel):
+    """Flowers to classify in one call: at least one; at most the server's maximum batch size (see
+    ``max_batch_size`` in GET /models)."""
+
+    model_config = ConfigDict(
+        **_REQUEST, json_schema_extra={"examples": [{"instances": [_example_instance(IRIS_FEATURE_TABLE)]}]}
+    )
+
+    instances: list[IrisFeatures] = Field(min_length=1, description="The flowers, in any order.")
+
+
+class IrisBatchPrediction(BaseModel):
+    """Answer to POST /predict/iris/batch: one classification per instance, in request order."""
+
+    classifications: list[IrisClassification] = Field(description="One per instance, in request order.")
+    model: ModelVersion = Field(description="The model version that made every classification in this batch.")
+
+
+class FeatureSpec(BaseModel):
+    """One input feature and the range the server accepts for it."""
+
+    name: str = Field(description='Field name in the request, e.g. "median_income".')
+    unit: str = Field(description='Unit and meaning, e.g. "tens of thousands of US dollars".')
+    minimum: float = Field(description="Smallest accepted value (itself refused when exclusive_minimum).")
+    maximum: float = Field(description="Largest accepted value.")
+    exclusive_minimum: bool = Field(
+        description="True when the minimum itself is not accepted (iris measurements must be greater than 0)."
+    )
+
+
+class ModelInfo(BaseModel):
+    """The model a service is serving right now."""
+
+    model: ModelVersion
+    model_uri: str = Field(
+        description='MLflow model URI the artifacts were loaded from, e.g. "models:/IrisBestModel/3".'
+    )
+    estimator: str = Field(
+        description='Fully-qualified class of the fitted estimator, e.g. "sklearn.pipeline.Pipeline".'
+    )
+    loaded_at: datetime = Field(description="When the server process loaded this version (UTC).")
+    training_metrics: dict[str, float] = Field(
+        description='Metrics the training run logged for this version on its held-out split, e.g. "rmse".'
+    )
+    features: list[FeatureSpec] = Field(description="Input features, in the order the model consumes them.")
+    max_batch_size: int = Field(ge=0, description="Largest number of instances one batch call accepts.")
+
+
+class ModelsInfo(BaseModel):
+    """Answer to GET /models: the model behind each service."""
+
+    housing: ModelInfo = Field(description="The model behind /predict/housing.")
+    iris: ModelInfo = Field(description="The model behind /predict/iris.")
+
+
+class Health(BaseModel):
+    """Answer to GET /health: the bridge process is up. Says nothing about the prediction server."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """Answer to GET /ready: 200 when every gRPC service reports SERVING, 503 otherwise."""
+
+    ready: bool = Field(description="True when every service is SERVING.")
+    services: dict[str, str] = Field(
+        description="gRPC health of each service by its full name: SERVING, NOT_SERVING, SERVICE_UNKNOWN, or the "
+        "gRPC status code of a failed health check (e.g. UNAVAILABLE when no server answers)."
+    )
+
+
+class FieldViolation(BaseModel):
+    """One bad field of the request."""
+
+    field: str = Field(
+        description='Path of the field in the JSON body, e.g. "instances[3].latitude"; "" for the body as a whole.'
+    )
+    description: str = Field(description="What is wrong with it.")
+
+
+class ErrorDetail(BaseModel):
+    status: int = Field(description="The HTTP status code of this response.")
+    code: str = Field(
+        description='The gRPC status code name the error corresponds to, e.g. "INVALID_ARGUMENT" or "UNAVAILABLE".'
+    )
+    message: str = Field(description="What went wrong, for a person.")
+    request_id: str = Field(description="The X-Request-ID of the request: quote it when asking about this error.")
+    details: list[FieldViolation] = Field(
+        default_factory=list, description="Each bad field, when the request was invalid."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "status": 422,
+                        "code": "INVALID_ARGUMENT",
+                        "message": "latitude: Input should be less than or equal to 42.5",
+                        "request_id": "3f0c5c1f6a2f4c7e9d0b1a2c3d4e5f60",
+                        "details": [{"field": "latitude", "description": "Input should be less than or equal to 42.5"}],
+                    }
+                }
+            ]
+        }
+    )
+
+    error: ErrorDetail

@@ -1,0 +1,137 @@
+"""The bridge's side of gRPC: one ``grpc.aio`` channel, its stubs, and how every call is made.
+
+Every call carries the request's ``x-request-id`` as metadata and the configured deadline, and is
+cancelled when the HTTP client disconnects: ASGI servers do not cancel a request's task when its client
+goes away, they only answer ``receive()`` with ``http.disconnect``, so a watcher waits for that message
+and cancels the request's task, which cancels the call it is awaiting.
+"""
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
+from rest_bridge.errors import ClientDisconnectedError
+from rest_bridge.metrics import BridgeMetrics
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+T = TypeVar("T")
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+REQUEST_ID_KEY = "x-request-id"
+HOUSING_SERVICE = housing_pb2.DESCRIPTOR.services_by_name["HousingPredictor"].full_name
+IRIS_SERVICE = iris_pb2.DESCRIPTOR.services_by_name["IrisClassifier"].full_name
+# Spread calls over every address the target resolves to, instead of gRPC's default pick_first.
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+CLOSE_GRACE_SECONDS = 1.0
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    task.cancel()
+
+
+async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work``; if the HTTP client disconnects first, cancel it and raise ClientDisconnectedError.
+
+    Call only after the request body has been read: the watcher consumes what ``receive()`` returns.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+            task.uncancel()
+            raise ClientDisconnectedError from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+class Upstream:
+    """The channel to the prediction server(s). ``open()`` on the serving event loop, ``close()`` at shutdown."""
+
+    def __init__(self, target: str, timeout_seconds: float, metrics: BridgeMetrics) -> None:
+        self.target = target
+        self.timeout_seconds = timeout_seconds
+        self._metrics = metrics
+        self._channel: grpc.aio.Channel | None = None
+
+    async def open(self) -> None:
+        # Created here rather than in __init__: a grpc.aio channel belongs to the loop it was made on.
+        self._channel = grpc.aio.insecure_channel(self.target, options=[("grpc.service_config", SERVICE_CONFIG)])
+        self._housing = housing_pb2_grpc.HousingPredictorStub(self._channel)
+        self._iris = iris_pb2_grpc.IrisClassifierStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(grace=CLOSE_GRACE_SECONDS)
+            self._channel = None
+
+    async def _call(
+        self,
+        method: str,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
+        message: Request,
+        request_id: str,
+        receive: Receive,
+    ) -> Response:
+        call = rpc(message, timeout=self.timeout_seconds, metadata=((REQUEST_ID_KEY, request_id),))
+        try:
+            return await cancel_on_disconnect(receive, call)
+        except grpc.aio.AioRpcError as error:
+            self._metrics.upstream_error(method, error.code())
+            raise
+
+    async def predict_housing(
+        self, message: housing_pb2.HousingFeatures, *, request_id: str, receive: Receive
+    ) -> housing_pb2.HousingPrediction:
+        return await self._call(f"{HOUSING_SERVICE}/Predict", self._housing.Predict, message, request_id, receive)
+
+    async def predict_housing_batch(
+        self, message: housing_pb2.HousingBatchRequest, *, request_id: str, receive: Receive
+    ) -> housing_pb2.HousingBatchPrediction:
+        return await self._call(
+            f"{HOUSING_SERVICE}/PredictBatch", self._housing.PredictBatch, message, request_id, receive
+        )
+
+    async def classify_iris(
+        self, message: iris_pb2.IrisFeatures, *, request_id: str, receive: Receive
+    ) -> iris_pb2.IrisPrediction:
+        return await self._call(f"{IRIS_SERVICE}/Classify", self._iris.Classify, message, request_id, receive)
+
+    async def classify_iris_batch(
+        self, message: iris_pb2.IrisBatchRequest, *, request_id: str, receive: Receive
+    ) -> iris_pb2.IrisBatchPrediction:
+        return await self._call(f"{IRIS_SERVICE}/ClassifyBatch", self._iris.ClassifyBatch, message, request_id, receive)
+
+    async def model_info(self, *, request_id: str, receive: Receive) -> tuple[model_pb2.ModelInfo, model_pb2.ModelInfo]:
+        """Both services' model info, one call after the other (this is no hot path)."""
+        request = model_pb2.GetModelInfoRequest()
+        housing = await self._call(
+            f"{HOUSING_SERVICE}/GetModelInfo", self._housing.GetModelInfo, request, request_id, receive
+        )
+        iris = await self._call(f"{IRIS_SERVICE}/GetModelInfo", self._iris.GetModelInfo, request, request_id, receive)
+        return housing, iris
+
+    async def serving_status(self, service: str, *, request_id: str) -> str:
+        """The health status name of ``service``, or the code name of the failed health check."""
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=self.timeout_seconds,
+                metadata=((REQUEST_ID_KEY, request_id),),
+            )
+        except grpc.aio.AioRpcError as error:
+            self._metrics.upstream_error("grpc.health.v1.Health/Check", error.code())
+            return str(error.code().name)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

@@ -1,0 +1,61 @@
+"""REST and gRPC give identical answers from the real MLflow-registered models."""
+
+import grpc
+import pytest
+
+from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
+from server.app import PredictionServer
+from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE
+
+from .conftest import HOUSE, IRIS, bridge, proto_json
+
+pytestmark = pytest.mark.anyio
+
+HOUSES = [HOUSE, {spec.name: spec.example for spec in HOUSING_FEATURE_TABLE.specs}, {**HOUSE, "latitude": 34.05}]
+FLOWERS = [
+    IRIS,
+    {spec.name: spec.example for spec in IRIS_FEATURE_TABLE.specs},
+    {"sepal_length_cm": 6.7, "sepal_width_cm": 3.0, "petal_length_cm": 5.2, "petal_width_cm": 2.3},
+]
+SPECIES = {1: "setosa", 2: "versicolor", 3: "virginica"}
+
+
+async def test_rest_and_grpc_agree_on_every_prediction(mlflow_server: PredictionServer):
+    target = f"127.0.0.1:{mlflow_server.port}"
+    with grpc.insecure_channel(target) as channel:
+        iris = iris_pb2_grpc.IrisClassifierStub(channel)
+        housing = housing_pb2_grpc.HousingPredictorStub(channel)
+        flowers = [iris.Classify(iris_pb2.IrisFeatures(**flower)) for flower in FLOWERS]
+        flower_batch = iris.ClassifyBatch(
+            iris_pb2.IrisBatchRequest(instances=[iris_pb2.IrisFeatures(**each) for each in FLOWERS])
+        )
+        houses = [housing.Predict(housing_pb2.HousingFeatures(**house)) for house in HOUSES]
+        house_batch = housing.PredictBatch(
+            housing_pb2.HousingBatchRequest(instances=[housing_pb2.HousingFeatures(**each) for each in HOUSES])
+        )
+        infos = [stub.GetModelInfo(model_pb2.GetModelInfoRequest()) for stub in (housing, iris)]
+
+    async with bridge(target) as client:
+        for flower, classified in zip(FLOWERS, flowers, strict=True):
+            rest = (await client.post("/predict/iris", json=flower)).json()
+            assert rest == {**proto_json(classified), "species": SPECIES[classified.species]}
+        rest = (await client.post("/predict/iris/batch", json={"instances": FLOWERS})).json()
+        expected = proto_json(flower_batch)
+        for each, classification in zip(expected["classifications"], flower_batch.classifications, strict=True):
+            each["species"] = SPECIES[classification.species]
+        assert rest == expected
+
+        for house, predicted in zip(HOUSES, houses, strict=True):
+            assert (await client.post("/predict/housing", json=house)).json() == proto_json(predicted)
+        batch = (await client.post("/predict/housing/batch", json={"instances": HOUSES})).json()
+        assert batch == proto_json(house_batch)
+
+        models = (await client.get("/models")).json()
+    for rest_info, info in zip((models["housing"], models["iris"]), infos, strict=True):
+        expected_info = proto_json(info)
+        expected_info["max_batch_size"] = int(expected_info["max_batch_size"])
+        # proto3 JSON writes Timestamp with nanosecond digits; compare the instant, not the spelling.
+        assert rest_info.pop("loaded_at")[:19] == expected_info.pop("loaded_at")[:19]
+        assert rest_info == expected_info
+    assert models["iris"]["model"]["run_id"]
+    assert models["iris"]["training_metrics"]

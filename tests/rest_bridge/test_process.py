@@ -1,0 +1,60 @@
+"""End to end: ``python -m server`` and ``python -m rest_bridge`` as real processes, one request through."""
+
+import re
+import time
+
+import httpx
+
+from training.settings import TrainingSettings
+
+from ..processes import started
+from .conftest import IRIS
+
+GRPC_PORT = re.compile(r"gRPC on port (\d+)")
+HTTP_PORT = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+def _request(url: str, body: object = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    if body is None:
+        return httpx.get(url, headers=headers, timeout=10)
+    return httpx.post(url, json=body, headers=headers, timeout=10)
+
+
+def test_bridge_and_server_processes_serve_a_request_and_stop_cleanly(trained_registry: TrainingSettings):
+    server_env = {
+        "MLFLOW_TRACKING_URI": trained_registry.mlflow_tracking_uri,
+        "PREDICTOR_HOST": "127.0.0.1",
+        "PREDICTOR_PORT": "0",
+        "PREDICTOR_METRICS_HOST": "127.0.0.1",
+        "PREDICTOR_METRICS_PORT": "0",
+        "PREDICTOR_GRACE_SECONDS": "2",
+    }
+    with started("server", server_env) as server:
+        grpc_port = int(server.wait_for(GRPC_PORT).group(1))
+        bridge_env = {
+            "BRIDGE_HOST": "127.0.0.1",
+            "BRIDGE_PORT": "0",
+            "BRIDGE_GRPC_TARGET": f"127.0.0.1:{grpc_port}",
+        }
+        with started("rest_bridge", bridge_env) as bridge:
+            base = f"http://127.0.0.1:{bridge.wait_for(HTTP_PORT).group(1)}"
+            deadline = time.monotonic() + 60
+            while _request(f"{base}/ready").status_code != 200:
+                assert time.monotonic() < deadline, "the bridge never became ready:\n" + "".join(server.lines)
+                time.sleep(0.1)
+
+            response = _request(f"{base}/predict/iris", IRIS, {"X-Request-ID": "e2e-request-1"})
+            assert response.status_code == 200, response.text
+            assert response.json()["species"] == "setosa"
+            assert response.json()["model"]["name"] == "IrisBestModel"
+            assert response.headers["x-request-id"] == "e2e-request-1"
+            response = _request(f"{base}/predict/iris", {**IRIS, "sepal_length_cm": -1})
+            assert response.status_code == 422
+            assert response.json()["error"]["details"][0]["field"] == "sepal_length_cm"
+
+            assert bridge.terminate() == 0
+            bridge.wait_for(re.compile(r'"POST /predict/iris" 200 [\d.]+ms id=e2e-request-1'))
+            bridge.wait_for(re.compile(r"Application shutdown complete"))
+        assert server.terminate() == 0
+        server.wait_for(re.compile(r"server stopped"))
+        server.wait_for(re.compile(r"/prediction.v1.IrisClassifier/Classify OK [\d.]+ms request_id=e2e-request-1"))

@@ -1,0 +1,193 @@
+"""Every route against the real prediction server (small in-memory models)."""
+
+import re
+
+import grpc
+import pytest
+
+from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
+from server.app import PredictionServer
+
+from ..server.conftest import in_memory_registry, running_server
+from .conftest import HOUSE, IRIS, bridge, proto_json
+
+pytestmark = pytest.mark.anyio
+
+FLOWERS = [
+    IRIS,
+    {**IRIS, "petal_length_cm": 4.5, "petal_width_cm": 1.5},
+    {**IRIS, "petal_length_cm": 6.0, "petal_width_cm": 2.5},
+]
+
+
+async def test_predict_iris(client):
+    response = await client.post("/predict/iris", json=IRIS)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["species"] == body["species_name"] == "setosa"
+    assert body["confidence"] == max(body["probabilities"].values())
+    assert sum(body["probabilities"].values()) == pytest.approx(1)
+    assert body["model"] == {"name": "IrisBestModel", "version": "2", "alias": "champion", "run_id": ""}
+
+
+async def test_predict_iris_batch_keeps_request_order(client):
+    response = await client.post("/predict/iris/batch", json={"instances": FLOWERS})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [each["species"] for each in body["classifications"]] == ["setosa", "versicolor", "virginica"]
+    assert body["model"]["version"] == "2"
+
+
+async def test_predict_housing(client):
+    response = await client.post("/predict/housing", json=HOUSE)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["median_house_value_usd"] == pytest.approx(body["median_house_value"] * 100_000)
+    assert body["model"]["name"] == "CaliforniaHousingBestModel"
+
+
+async def test_predict_housing_batch(client):
+    houses = [HOUSE, {**HOUSE, "median_income": 1.5}]
+    response = await client.post("/predict/housing/batch", json={"instances": houses})
+    assert response.status_code == 200, response.text
+    values = [each["median_house_value"] for each in response.json()["predictions"]]
+    singles = [(await client.post("/predict/housing", json=house)).json()["median_house_value"] for house in houses]
+    assert values == singles
+
+
+async def test_models_describes_both_services(client, prediction_server: PredictionServer):
+    response = await client.get("/models")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["housing"]["model"]["name"] == "CaliforniaHousingBestModel"
+    assert body["iris"]["model"]["version"] == "2"
+    assert [feature["name"] for feature in body["iris"]["features"]] == list(IRIS)
+    assert {feature["exclusive_minimum"] for feature in body["iris"]["features"]} == {True}
+    assert {feature["exclusive_minimum"] for feature in body["housing"]["features"]} == {False}
+    assert body["housing"]["max_batch_size"] == 5
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", body["iris"]["loaded_at"])
+    with grpc.insecure_channel(f"127.0.0.1:{prediction_server.port}") as channel:
+        direct = iris_pb2_grpc.IrisClassifierStub(channel).GetModelInfo(model_pb2.GetModelInfoRequest())
+    assert body["iris"]["model_uri"] == direct.model_uri
+    assert body["iris"]["estimator"] == direct.estimator
+
+
+async def test_rest_and_grpc_give_identical_answers(client, prediction_server: PredictionServer):
+    with grpc.insecure_channel(f"127.0.0.1:{prediction_server.port}") as channel:
+        iris = iris_pb2_grpc.IrisClassifierStub(channel)
+        housing = housing_pb2_grpc.HousingPredictorStub(channel)
+        direct_flower = iris.Classify(iris_pb2.IrisFeatures(**FLOWERS[1]))
+        direct_flowers = iris.ClassifyBatch(
+            iris_pb2.IrisBatchRequest(instances=[iris_pb2.IrisFeatures(**each) for each in FLOWERS])
+        )
+        direct_house = housing.Predict(housing_pb2.HousingFeatures(**HOUSE))
+        direct_houses = housing.PredictBatch(
+            housing_pb2.HousingBatchRequest(instances=[housing_pb2.HousingFeatures(**HOUSE)] * 2)
+        )
+
+    flower = (await client.post("/predict/iris", json=FLOWERS[1])).json()
+    expected = proto_json(direct_flower)
+    assert flower == {**expected, "species": "versicolor"}
+    flowers = (await client.post("/predict/iris/batch", json={"instances": FLOWERS})).json()
+    assert [each["probabilities"] for each in flowers["classifications"]] == [
+        proto_json(each.probabilities) for each in direct_flowers.classifications
+    ]
+    house = (await client.post("/predict/housing", json=HOUSE)).json()
+    assert house == proto_json(direct_house)
+    houses = (await client.post("/predict/housing/batch", json={"instances": [HOUSE, HOUSE]})).json()
+    assert houses == proto_json(direct_houses)
+
+
+async def test_health_says_the_bridge_is_up_even_without_a_server():
+    async with bridge("127.0.0.1:1") as client:
+        response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_when_every_service_serves(client):
+    response = await client.get("/ready")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "ready": True,
+        "services": {"prediction.v1.HousingPredictor": "SERVING", "prediction.v1.IrisClassifier": "SERVING"},
+    }
+
+
+async def test_not_ready_when_a_model_failed_to_load():
+    with running_server(in_memory_registry(housing=False)) as server:
+        async with bridge(f"127.0.0.1:{server.port}") as client:
+            response = await client.get("/ready")
+            unavailable = await client.post("/predict/housing", json=HOUSE)
+            iris = await client.post("/predict/iris", json=IRIS)
+    assert response.status_code == 503
+    assert response.json()["services"] == {
+        "prediction.v1.HousingPredictor": "NOT_SERVING",
+        "prediction.v1.IrisClassifier": "SERVING",
+    }
+    assert unavailable.status_code == 503
+    assert unavailable.json()["error"]["code"] == "UNAVAILABLE"
+    assert iris.status_code == 200
+
+
+async def test_not_ready_when_no_server_answers():
+    async with bridge("127.0.0.1:1") as client:
+        response = await client.get("/ready")
+        predict = await client.post("/predict/iris", json=IRIS)
+    assert response.status_code == 503
+    assert set(response.json()["services"].values()) == {"UNAVAILABLE"}
+    assert predict.status_code == 503
+    error = predict.json()["error"]
+    assert error["code"] == "UNAVAILABLE"
+    assert "127.0.0.1" not in error["message"]
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_count_requests_latency_and_upstream_errors(client):
+    for _ in range(3):
+        assert (await client.post("/predict/iris", json=IRIS)).status_code == 200
+    assert (await client.post("/predict/iris/batch", json={"instances": [IRIS] * 6})).status_code == 422
+    assert (await client.get("/nowhere")).status_code == 404
+
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    ok = {"route": "/predict/iris", "method": "POST", "status": "200"}
+    assert _sample(text, "bridge_http_requests_total", **ok) == 3
+    assert _sample(text, "bridge_http_request_duration_seconds_count", **ok) == 3
+    assert _sample(text, "bridge_http_request_duration_seconds_bucket", **ok, le="10.0") == 3
+    assert _sample(text, "bridge_http_requests_total", route="/predict/iris/batch", status="422") == 1
+    assert _sample(text, "bridge_http_requests_total", route="unmatched", status="404") == 1
+    assert (
+        _sample(
+            text,
+            "bridge_upstream_errors_total",
+            grpc_method="prediction.v1.IrisClassifier/ClassifyBatch",
+            grpc_code="INVALID_ARGUMENT",
+        )
+        == 1
+    )
+    alias = await client.get("/metrics/prometheus")
+    assert alias.status_code == 200
+    assert _sample(alias.text, "bridge_http_requests_total", **ok) == 3
+    assert _sample(alias.text, "bridge_http_requests_total", route="/metrics", method="GET", status="200") == 1
+
+
+async def test_unknown_path_and_wrong_method_get_the_error_body(client):
+    missing = await client.get("/predict/nothing")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "NOT_FOUND"
+    wrong = await client.get("/predict/iris")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "UNIMPLEMENTED"
+    assert wrong.headers["allow"] == "POST"
+    for response in (missing, wrong):
+        assert response.json()["error"]["request_id"] == response.headers["x-request-id"]

@@ -1,0 +1,78 @@
+"""Bad input is answered with 422 and the path of every bad field, never with a 5xx."""
+
+import json
+
+import pytest
+
+from .conftest import HOUSE, IRIS
+
+pytestmark = pytest.mark.anyio
+
+
+def _fields(response) -> list[str]:
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["status"] == 422
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert error["request_id"] == response.headers["x-request-id"]
+    return [each["field"] for each in error["details"]]
+
+
+async def test_a_missing_field(client):
+    body = {key: value for key, value in HOUSE.items() if key != "latitude"}
+    response = await client.post("/predict/housing", json=body)
+    assert _fields(response) == ["latitude"]
+    assert response.json()["error"]["message"] == "latitude: Field required"
+
+
+async def test_a_string_instead_of_a_number(client):
+    assert _fields(await client.post("/predict/iris", json={**IRIS, "sepal_width_cm": "3.5"})) == ["sepal_width_cm"]
+    assert _fields(await client.post("/predict/iris", json={**IRIS, "sepal_width_cm": True})) == ["sepal_width_cm"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+async def test_non_finite_literals(client, literal: str):
+    text = json.dumps(IRIS).replace("3.5", literal)
+    response = await client.post("/predict/iris", content=text, headers={"content-type": "application/json"})
+    assert _fields(response) == ["sepal_width_cm"]
+
+
+async def test_out_of_range_values_in_a_batch_name_their_instance(client):
+    houses = [HOUSE, {**HOUSE, "latitude": 50.0}, {**HOUSE, "longitude": -100.0, "population": -1}]
+    response = await client.post("/predict/housing/batch", json={"instances": houses})
+    assert _fields(response) == ["instances[1].latitude", "instances[2].population", "instances[2].longitude"]
+    assert response.json()["error"]["message"].endswith("(and 2 more invalid fields)")
+
+
+async def test_the_iris_minimum_is_exclusive(client):
+    assert _fields(await client.post("/predict/iris", json={**IRIS, "petal_width_cm": 0})) == ["petal_width_cm"]
+
+
+async def test_an_unknown_field_is_rejected(client):
+    assert _fields(await client.post("/predict/iris", json={**IRIS, "colour": "blue"})) == ["colour"]
+    batch = {"instances": [IRIS], "extra": 1}
+    assert _fields(await client.post("/predict/iris/batch", json=batch)) == ["extra"]
+
+
+async def test_an_empty_batch(client):
+    assert _fields(await client.post("/predict/housing/batch", json={"instances": []})) == ["instances"]
+
+
+async def test_a_batch_over_the_server_maximum(client):
+    response = await client.post("/predict/housing/batch", json={"instances": [HOUSE] * 6})
+    assert _fields(response) == ["instances"]
+    assert "at most 5" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        ("{not json", "application/json"),
+        (json.dumps(IRIS), "text/plain"),
+        ("", "application/json"),
+        ("[]", "application/json"),
+    ],
+)
+async def test_a_body_that_is_not_a_json_object(client, content: str, content_type: str):
+    response = await client.post("/predict/iris", content=content, headers={"content-type": content_type})
+    assert _fields(response) == [""]
