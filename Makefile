@@ -70,7 +70,16 @@ serve-all: install
 
 run: train serve-all
 
-bench: install
+# MLServer, the benchmark's third system, pins an older protobuf: it gets a virtualenv of its own.
+BENCH_VENV := .bench-venv
+$(BENCH_VENV)/.installed: $(VENV)/.installed
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BIN)/uv pip install --python $(BENCH_VENV)/bin/python --quiet mlserver==1.7.1 mlserver-mlflow==1.7.1 \
+		mlflow==3.17.2 scikit-learn==1.9.1 skops==0.16.0
+	touch $@
+
+# Our server against mlflow models serve and MLServer on the same models (about 10 minutes).
+bench: install $(BENCH_VENV)/.installed
 	$(BIN)/python -m benchmarks.serving_baselines
 
 # The REST bridge in front of the gRPC server (make serve in another shell).

@@ -100,7 +100,7 @@ def build_server(
 ) -> PredictionServer:
     """Wire every part of the server and bind its port. Nothing is loaded until ``load_models()``."""
     metrics_registry = metrics_registry or CollectorRegistry()
-    runtime = PredictRuntime(settings.parallel_batch_rows)
+    runtime = PredictRuntime(settings.parallel_batch_rows, settings.max_concurrent_predictions)
     executor = futures.ThreadPoolExecutor(
         max_workers=settings.max_workers, thread_name_prefix="rpc", initializer=runtime.limit_current_thread
     )
@@ -138,6 +138,7 @@ def build_server(
         metrics=metrics,
         runtime=runtime,
         max_batch_size=settings.max_batch_size,
+        small_batch_rows=settings.small_batch_rows,
     )
     housing_pb2_grpc.add_HousingPredictorServicer_to_server(HousingPredictorServicer(housing), grpc_server)
     iris_pb2_grpc.add_IrisClassifierServicer_to_server(IrisClassifierServicer(iris), grpc_server)

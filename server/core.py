@@ -30,7 +30,7 @@ from server.runtime import PredictRuntime
 logger = logging.getLogger(__name__)
 
 IRIS_CLASS_COUNT = 3
-# Rows on which a compiled fast path must reproduce the estimator exactly before it is used.
+# Rows on which a fast path must reproduce the estimator exactly before it is used.
 VERIFICATION_ROWS = 256
 
 
@@ -97,7 +97,9 @@ class ModelEndpoint(ABC):
         if fast_path is not None and values.shape[0] <= self._small_batch_rows:
             output = fast_path(values)
         else:
-            output = np.asarray(getattr(model.estimator, self.estimator_method)(values), dtype=np.float64)
+            output = np.asarray(
+                self._runtime.run(getattr(model.estimator, self.estimator_method), values), dtype=np.float64
+            )
         if output.shape != self._output_shape(values.shape[0]):
             raise ModelOutputError(
                 f"model returned shape {output.shape}, expected {self._output_shape(values.shape[0])}"
@@ -125,7 +127,7 @@ class ModelEndpoint(ABC):
             bound.invalid_input.inc(rows)
             raise
         try:
-            output = self._runtime.run(lambda values: self._predict_with(model, values), batch.values)
+            output = self._predict_with(model, batch.values)
         except Exception:
             bound.error.inc(rows)
             raise

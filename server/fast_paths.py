@@ -62,16 +62,20 @@ class CompiledForest:
         children: IndexArray,
         values: FloatMatrix,
         baseline: float,
-        depth: int,
+        tree_depths: IndexArray,
     ) -> None:
-        self._roots = roots
+        # Trees are walked deepest first, so that at each level only a prefix of them is still moving;
+        # their leaf values are put back in the model's order before summing.
+        walk_order = np.argsort(-tree_depths, kind="stable")
+        self._roots = roots[walk_order]
+        self._sum_order = np.argsort(walk_order)
+        self._moving_per_level = [int((tree_depths > level).sum()) for level in range(int(tree_depths.max()))]
         self._features = features
         self._thresholds = thresholds
         # children[2 * node] is the left child, children[2 * node + 1] the right; a leaf points at itself.
         self._children = children
         self._values = values
         self._baseline = baseline
-        self._depth = depth
 
     @classmethod
     def from_estimator(cls, estimator: Any) -> CompiledForest | None:
@@ -108,20 +112,21 @@ class CompiledForest:
             children=children,
             values=nodes["value"].astype(np.float64),
             baseline=float(baseline.ravel()[0]),
-            depth=int(nodes["depth"].max()),
+            tree_depths=np.array([tree["depth"].max() for tree in trees], dtype=np.intp),
         )
 
     def predict(self, values: FloatMatrix) -> FloatMatrix:
         rows = values.shape[0]
         nodes = np.broadcast_to(self._roots, (rows, self._roots.size)).copy()
         row_index = np.arange(rows)[:, None]
-        for _ in range(self._depth):
-            goes_right = values[row_index, self._features[nodes]] > self._thresholds[nodes]
-            nodes = self._children[2 * nodes + goes_right]
+        for moving in self._moving_per_level:
+            current = nodes[:, :moving]
+            goes_right = values[row_index, self._features[current]] > self._thresholds[current]
+            nodes[:, :moving] = self._children[2 * current + goes_right]
         # scikit-learn adds the baseline, then each tree in order: accumulate reproduces that rounding.
         terms = np.empty((rows, self._roots.size + 1), dtype=np.float64)
         terms[:, 0] = self._baseline
-        terms[:, 1:] = self._values[nodes]
+        terms[:, 1:] = self._values[nodes[:, self._sum_order]]
         result: FloatMatrix = np.add.accumulate(terms, axis=1)[:, -1]
         return result
 

@@ -52,11 +52,16 @@ class ServerSettings(BaseSettings):
         description="Batches of at least this many rows predict with every core; smaller ones with one "
         "thread, which is faster for them and leaves the other cores to concurrent calls.",
     )
-    small_batch_rows: int = Field(
-        16,
+    max_concurrent_predictions: int = Field(
+        0,
         ge=0,
-        description="Requests of at most this many rows use a model's compiled fast path when it has one "
-        "(gradient-boosted trees: ~10x faster for one row, identical answers); 0 turns it off.",
+        description="scikit-learn calls that run at once (others wait their turn); 0 means one per CPU core.",
+    )
+    small_batch_rows: int = Field(
+        32,
+        ge=0,
+        description="Requests of at most this many rows use a model's exact fast path when it has one "
+        "(server.fast_paths: identical answers, 10-40x faster for one row); 0 turns it off.",
     )
     log_level: str = Field("INFO", description="Logging level of the server process.")
     access_log: bool = Field(

@@ -124,3 +124,16 @@ def test_the_iris_endpoint_uses_the_fast_path_and_answers_the_same(iris_data):
     prepared = _endpoint(IrisEndpoint, small_batch_rows=16).prepare(model)
     assert prepared.small_batch_predict is not None
     assert np.array_equal(prepared.small_batch_predict(features[:16]), pipeline.predict_proba(features[:16]))
+
+
+def test_a_built_server_gives_both_services_their_fast_paths(regressor, iris_data):
+    from .conftest import running_server  # noqa: PLC0415
+
+    features, target = iris_data
+    registry = InMemoryModelRegistry()
+    registry.add("CaliforniaHousingBestModel", "champion", regressor)
+    pipeline = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression(C=10, max_iter=1000))])
+    registry.add("IrisBestModel", "champion", pipeline.fit(features, target))
+    with running_server(registry) as server:
+        assert server.store.get(ModelSlot.HOUSING).small_batch_predict is not None
+        assert server.store.get(ModelSlot.IRIS).small_batch_predict is not None
