@@ -36,13 +36,13 @@ from pathlib import Path
 import grpc
 import httpx
 
+from benchmarks.http_client import CONTENT_LENGTH, AsyncHttp, http_request
 from protos.prediction.v1 import iris_pb2, iris_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWER = {"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4, "petal_width_cm": 0.2}
 GRPC_PORT = re.compile(r"gRPC on port (\d+)")
 HTTP_PORT = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 
 
 @dataclass(frozen=True)
@@ -109,14 +109,6 @@ def child(module: str, env: dict[str, str], pattern: re.Pattern[str], log: Path)
             process.wait(timeout=5)
 
 
-def http_request(path: str, body: bytes | None) -> bytes:
-    method = "GET" if body is None else "POST"
-    head = f"{method} {path} HTTP/1.1\r\nhost: bench\r\n"
-    if body is None:
-        return (head + "\r\n").encode()
-    return (head + f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
-
-
 def _split_response(buffer: bytes) -> tuple[int, int] | None:
     """(status, total length) of the first complete response in ``buffer``, or None if incomplete."""
     end = buffer.find(b"\r\n\r\n")
@@ -152,30 +144,6 @@ class BlockingHttp:
 
     def close(self) -> None:
         self.socket.close()
-
-
-class AsyncHttp:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
-        self.reader, self.writer, self.request = reader, writer, request
-
-    @classmethod
-    async def open(cls, port: int, request: bytes) -> "AsyncHttp":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer, request)
-
-    async def call(self) -> None:
-        self.writer.write(self.request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        match = CONTENT_LENGTH.search(head)
-        if match is None:
-            raise RuntimeError("response without content-length")
-        await self.reader.readexactly(int(match.group(1)))
-        if head[9:12] != b"200":
-            raise RuntimeError(f"HTTP {head[9:12].decode()}")
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def _figures(protocol: str, concurrency: int, latencies: list[float], wall: float) -> Figures:

@@ -35,7 +35,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import statistics
@@ -57,6 +56,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.http_client import AsyncHttp, http_request
 from data.schema import HOUSING_FEATURES, IRIS_FEATURES, IRIS_SPECIES
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 
@@ -67,7 +67,6 @@ IRIS_MODEL = "IrisBestModel"
 ALIAS = "champion"
 HOUSING_EXAMPLE = (3.87, 28.6, 5.43, 1.1, 1425.0, 3.07, 35.63, -119.57)
 IRIS_EXAMPLE = (5.84, 3.06, 3.76, 1.2)
-CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 START_TIMEOUT_S = 180.0
 CALL_TIMEOUT_S = 30.0
 TOLERANCE = 1e-9
@@ -491,36 +490,6 @@ def check_answers(systems: Sequence[str], ports: dict[str, int]) -> dict[str, fl
 # The load generator (runs in its own process: ``--load-generator``, one JSON job per stdin line)
 
 
-class HttpConnection:
-    """One keep-alive HTTP/1.1 connection sending the same prebuilt request and reading by Content-Length."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
-        self.reader, self.writer, self.request = reader, writer, request
-
-    @classmethod
-    async def open(cls, port: int, path: str, body: bytes) -> "HttpConnection":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        head = (
-            f"POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n\r\n"
-        )
-        return cls(reader, writer, head.encode() + body)
-
-    async def call(self) -> None:
-        self.writer.write(self.request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        match = CONTENT_LENGTH.search(head)
-        if match is None:
-            raise RuntimeError("response without content-length")
-        body = await self.reader.readexactly(int(match.group(1)))
-        if head[9:12] != b"200":
-            raise RuntimeError(f"HTTP {head[9:12].decode()}: {body[:300]!r}")
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def _closed_loop(calls: Sequence[Any], requests: int) -> tuple[list[float], float]:
     latencies: list[float] = []
     clock = time.perf_counter
@@ -550,7 +519,7 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
         else:
             calls = []
             for _ in range(concurrency):
-                connection = await HttpConnection.open(target.port, target.route, target.body)
+                connection = await AsyncHttp.open(target.port, http_request(target.route, target.body))
                 stack.callback(connection.close)
                 calls.append(connection.call)
         await _closed_loop(calls, warmup)
