@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from rest_bridge.docs import install_offline_docs
 from rest_bridge.errors import install_error_handlers
 from rest_bridge.metrics import BridgeMetrics
-from rest_bridge.middleware import RequestContextMiddleware
+from rest_bridge.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from rest_bridge.routes import add_routes
 from rest_bridge.settings import BridgeSettings
 from rest_bridge.upstream import Upstream
@@ -49,5 +49,7 @@ def create_app(settings: BridgeSettings, metrics_registry: CollectorRegistry | N
     add_routes(app, upstream, metrics)
     install_error_handlers(app)
     install_offline_docs(app)
+    # The last added is the outermost: the request context wraps the body limit, which reads its id.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     return app

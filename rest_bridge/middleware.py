@@ -2,7 +2,8 @@
 
 For every HTTP request it settles the request id, returns it as ``X-Request-ID``, counts the request
 and its latency by route and status, writes the access log line, and turns any exception that escaped
-the app into the standard 500 error body (logged with its traceback and request id).
+the app into the standard 500 error body (logged with its traceback and request id). A second one,
+inside it, refuses request bodies over the size limit.
 """
 
 import logging
@@ -22,6 +23,14 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID_LENGTH = 128
+CONTENT_LENGTH_HEADER = b"content-length"
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == CONTENT_LENGTH_HEADER:
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def accepted_request_id(value: bytes) -> str | None:
@@ -88,6 +97,65 @@ class RequestContextMiddleware:
                 access_logger.handle(
                     access_logger.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, ACCESS_FORMAT, args, None)
                 )
+
+
+class BodySizeLimitMiddleware:
+    """Refuses request bodies over ``max_body_bytes`` with 413, before the app parses any of them.
+
+    A declared Content-Length is checked up front. A chunked body is counted as it arrives; past the
+    limit the app is told the client left, and whatever it answers to that is replaced by the 413.
+    Runs inside ``RequestContextMiddleware``, whose request id the error body carries.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        too_large = False
+        started = False
+
+        async def refuse() -> None:
+            message = f"the request body is over {self.max_body_bytes} bytes"
+            request_id = scope.get("state", {}).get("request_id", "-")
+            await error_response(413, "RESOURCE_EXHAUSTED", message, request_id)(scope, receive, send)
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def send_unless_refused(message: Message) -> None:
+            nonlocal started
+            if not too_large:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+            elif message["type"] == "http.response.start" and not started:
+                started = True
+                await refuse()
+
+        declared = _declared_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await refuse()
+            return
+        try:
+            await self.app(scope, counting_receive, send_unless_refused)
+        except Exception:
+            if not too_large:
+                raise
+            if not started:
+                await refuse()
 
 
 def _path(scope: Scope) -> str:

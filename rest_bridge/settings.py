@@ -60,6 +60,11 @@ class BridgeSettings(BaseSettings):
     upstream_timeout_seconds: float = Field(
         5.0, gt=0, le=300, description="Deadline of every gRPC call to the prediction server; 504 when it passes."
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; larger ones get 413 before any of it is parsed.",
+    )
     log_level: str = Field("INFO", description="Logging level of the bridge process.")
     access_log: bool = Field(True, description="Log one line per request, with its request id, status and time.")
 

@@ -28,6 +28,14 @@ HOUSING_SERVICE = housing_pb2.DESCRIPTOR.services_by_name["HousingPredictor"].fu
 IRIS_SERVICE = iris_pb2.DESCRIPTOR.services_by_name["IrisClassifier"].full_name
 # Spread calls over every address the target resolves to, instead of gRPC's default pick_first.
 SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# gRPC's default reconnect backoff grows to 120 s: after a long outage the bridge could keep answering
+# 503 for minutes once the server is back. Capped at a few seconds, it finds a restarted server quickly.
+CHANNEL_OPTIONS = (
+    ("grpc.service_config", SERVICE_CONFIG),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+)
 CLOSE_GRACE_SECONDS = 1.0
 
 
@@ -67,7 +75,7 @@ class Upstream:
 
     async def open(self) -> None:
         # Created here rather than in __init__: a grpc.aio channel belongs to the loop it was made on.
-        self._channel = grpc.aio.insecure_channel(self.target, options=[("grpc.service_config", SERVICE_CONFIG)])
+        self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._housing = housing_pb2_grpc.HousingPredictorStub(self._channel)
         self._iris = iris_pb2_grpc.IrisClassifierStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

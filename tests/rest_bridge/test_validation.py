@@ -76,3 +76,24 @@ async def test_a_batch_over_the_server_maximum(client):
 async def test_a_body_that_is_not_a_json_object(client, content: str, content_type: str):
     response = await client.post("/predict/iris", content=content, headers={"content-type": content_type})
     assert _fields(response) == [""]
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(prediction_server):
+    from .conftest import bridge  # noqa: PLC0415
+
+    huge = b'{"instances": [' + b",".join([b'{"sepal_length_cm": 5.1}'] * 2000) + b"]}"
+    async with bridge(f"127.0.0.1:{prediction_server.port}", max_body_bytes=16 * 1024) as client:
+        declared = await client.post("/predict/iris/batch", content=huge, headers={"content-type": "application/json"})
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+
+        async def chunks():
+            for start in range(0, len(huge), 4096):
+                yield huge[start : start + 4096]
+
+        streamed = await client.post(
+            "/predict/iris/batch", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413
+        assert streamed.json()["error"]["request_id"] == streamed.headers["x-request-id"]
+        assert (await client.post("/predict/iris", json={**IRIS})).status_code == 200
