@@ -51,6 +51,7 @@ class PredictionServer:
     metrics_port: int | None = None
     _metrics_http: WSGIServer | None = field(default=None, repr=False)
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
+    _retrier: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
         if self.settings.metrics_port is not None:
@@ -62,7 +63,18 @@ class PredictionServer:
         logger.info("gRPC on port %d, metrics on port %s", self.port, self.metrics_port)
 
     def load_models(self) -> dict[ModelSlot, bool]:
-        return self.loader.load_all()
+        """Load every service's model; those that fail are retried in the background (``load_retry_seconds``)."""
+        loaded = self.loader.load_all()
+        retry = self.settings.load_retry_seconds
+        if retry > 0 and not all(loaded.values()):
+            self._retrier = threading.Thread(
+                target=self.loader.load_missing_until,
+                args=(self._stopped, retry),
+                name="model-load-retry",
+                daemon=True,
+            )
+            self._retrier.start()
+        return loaded
 
     def stop(self, grace: float | None = None) -> None:
         """Go NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, then close everything."""
@@ -71,6 +83,8 @@ class PredictionServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace).wait()
+        if self._retrier is not None:
+            self._retrier.join(timeout=5)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

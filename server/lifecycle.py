@@ -5,6 +5,7 @@ model that has already answered once. A failed load leaves the slot as it was (e
 """
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from server.core import ModelEndpoint
@@ -55,3 +56,16 @@ class ModelLoader:
 
     def load_all(self) -> dict[ModelSlot, bool]:
         return {slot: self.load(slot) for slot in self._served}
+
+    def load_missing_until(self, stop: threading.Event, interval_seconds: float) -> None:
+        """Every ``interval_seconds``, retry each slot that has no model, until all have one or ``stop`` is set.
+
+        A registry that was briefly unreachable at start-up, or an alias set only after the server started,
+        then brings the service up without a restart.
+        """
+        while not stop.wait(interval_seconds):
+            missing = [slot for slot in self._served if self._store.peek(slot) is None]
+            if not missing:
+                return
+            for slot in missing:
+                self.load(slot)

@@ -52,6 +52,11 @@ class ServerSettings(BaseSettings):
         description="Batches of at least this many rows predict with every core; smaller ones with one "
         "thread, which is faster for them and leaves the other cores to concurrent calls.",
     )
+    load_retry_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A service whose model failed to load retries this often until it loads; 0 never retries.",
+    )
     max_concurrent_predictions: int = Field(
         0,
         ge=0,

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -139,3 +140,20 @@ def test_grpcurl_shows_invalid_argument_with_field_violations(grpcurl, mlflow_se
     assert result.returncode != 0
     assert "InvalidArgument" in result.stderr
     assert "sepal_length_cm" in result.stderr
+
+
+def test_a_model_that_failed_to_load_is_retried_until_it_serves():
+    registry = in_memory_registry(housing=False)
+    with running_server(registry, load_retry_seconds=0.1) as server, channel_to(server) as channel:
+        assert _status(channel, HOUSING) == NOT_SERVING
+        # The alias appears in the registry after start-up, as when training finishes later.
+        registry.add(
+            "CaliforniaHousingBestModel",
+            "champion",
+            in_memory_registry().load("CaliforniaHousingBestModel", "champion").estimator,
+        )
+        deadline = time.monotonic() + 10
+        while _status(channel, HOUSING) != SERVING:
+            assert time.monotonic() < deadline, "the housing model was never retried"
+            time.sleep(0.05)
+        assert _status(channel, "") == SERVING
