@@ -1,6 +1,7 @@
 """Pure functions between protobuf messages and the core's domain types."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from google.protobuf.message import Message
@@ -61,35 +62,28 @@ def housing_batch_to_proto(result: HousingPredictions) -> housing_pb2.HousingBat
     )
 
 
-def _probabilities(row: list[float]) -> iris_pb2.SpeciesProbabilities:
-    return iris_pb2.SpeciesProbabilities(setosa=row[0], versicolor=row[1], virginica=row[2])
+def _classified(row: list[float]) -> dict[str, Any]:
+    """The fields IrisPrediction and IrisClassification share, for one row of probabilities."""
+    best = max(range(len(row)), key=row.__getitem__)
+    return {
+        "species": SPECIES_ENUM[best],
+        "species_name": IRIS_SPECIES[best],
+        "probabilities": iris_pb2.SpeciesProbabilities(setosa=row[0], versicolor=row[1], virginica=row[2]),
+        "confidence": row[best],
+    }
 
 
 def iris_prediction_to_proto(result: IrisClassifications) -> iris_pb2.IrisPrediction:
-    row = result.probabilities[0].tolist()
-    best = max(range(len(row)), key=row.__getitem__)
     return iris_pb2.IrisPrediction(
-        species=SPECIES_ENUM[best],
-        species_name=IRIS_SPECIES[best],
-        probabilities=_probabilities(row),
-        confidence=row[best],
-        model=model_version_to_proto(result.model),
+        **_classified(result.probabilities[0].tolist()), model=model_version_to_proto(result.model)
     )
 
 
 def iris_batch_to_proto(result: IrisClassifications) -> iris_pb2.IrisBatchPrediction:
-    classifications = []
-    for row in result.probabilities.tolist():
-        best = max(range(len(row)), key=row.__getitem__)
-        classifications.append(
-            iris_pb2.IrisClassification(
-                species=SPECIES_ENUM[best],
-                species_name=IRIS_SPECIES[best],
-                probabilities=_probabilities(row),
-                confidence=row[best],
-            )
-        )
-    return iris_pb2.IrisBatchPrediction(classifications=classifications, model=model_version_to_proto(result.model))
+    return iris_pb2.IrisBatchPrediction(
+        classifications=[iris_pb2.IrisClassification(**_classified(row)) for row in result.probabilities.tolist()],
+        model=model_version_to_proto(result.model),
+    )
 
 
 def model_info_to_proto(description: ModelDescription, table: FeatureTable, max_batch_size: int) -> model_pb2.ModelInfo:

@@ -7,7 +7,11 @@ import grpc
 
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
 from server import converters
-from server.core import HousingEndpoint, IrisEndpoint
+from server.core import HousingEndpoint, IrisEndpoint, ModelEndpoint
+
+
+def _model_info(endpoint: ModelEndpoint) -> model_pb2.ModelInfo:
+    return converters.model_info_to_proto(endpoint.describe(), endpoint.features, endpoint.max_batch_size)
 
 
 class HousingPredictorServicer(housing_pb2_grpc.HousingPredictorServicer):
@@ -29,8 +33,7 @@ class HousingPredictorServicer(housing_pb2_grpc.HousingPredictorServicer):
     def GetModelInfo(  # noqa: N802
         self, request: model_pb2.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> model_pb2.ModelInfo:
-        endpoint = self._endpoint
-        return converters.model_info_to_proto(endpoint.describe(), endpoint.features, endpoint.max_batch_size)
+        return _model_info(self._endpoint)
 
 
 class IrisClassifierServicer(iris_pb2_grpc.IrisClassifierServicer):
@@ -52,5 +55,4 @@ class IrisClassifierServicer(iris_pb2_grpc.IrisClassifierServicer):
     def GetModelInfo(  # noqa: N802
         self, request: model_pb2.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> model_pb2.ModelInfo:
-        endpoint = self._endpoint
-        return converters.model_info_to_proto(endpoint.describe(), endpoint.features, endpoint.max_batch_size)
+        return _model_info(self._endpoint)
