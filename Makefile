@@ -61,12 +61,15 @@ data: install
 train: install
 	$(BIN)/python -m training --skip-if-served
 
+# Local development: admin calls are open unless PREDICTOR_ADMIN_TOKEN is set (the server warns at start-up).
+DEV_ENV := PREDICTOR_ADMIN_DEV_MODE=true
+
 serve: install
-	$(BIN)/python -m server
+	$(DEV_ENV) $(BIN)/python -m server
 
 # The gRPC server and the REST bridge together; Ctrl-C stops both.
 serve-all: install
-	$(BIN)/python scripts/serve_all.py
+	$(DEV_ENV) $(BIN)/python scripts/serve_all.py
 
 run: train serve-all
 

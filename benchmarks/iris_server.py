@@ -14,9 +14,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from model_registry.memory import InMemoryRegistry
 from server.app import build_server
 from server.model_store import ModelSlot
-from server.registry import InMemoryModelRegistry
 from server.settings import ServerSettings
 
 
@@ -24,10 +24,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("server.app").setLevel(logging.INFO)
     settings = ServerSettings(host="127.0.0.1", port=0, metrics_port=None, grace_seconds=1.0)
-    registry = InMemoryModelRegistry()
+    registry = InMemoryRegistry()
     features, species = load_iris(return_X_y=True)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(features, species)
-    registry.add(settings.iris_model_name, settings.model_alias, pipeline)
+    registry.register(settings.iris_model_name, pipeline, alias=settings.model_alias)
     server = build_server(settings, registry)
     stop = threading.Event()
 
@@ -38,7 +38,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     server.start()
     # Only the iris model: housing stays NOT_SERVING, which the benchmark does not touch.
-    server.loader.load(ModelSlot.IRIS)
+    server.watcher.sync(ModelSlot.IRIS)
     stop.wait()
     server.stop(grace=1.0)
 

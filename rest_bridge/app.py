@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from rest_bridge.admin_routes import add_admin_routes
 from rest_bridge.docs import install_offline_docs
 from rest_bridge.errors import install_error_handlers
 from rest_bridge.metrics import BridgeMetrics
@@ -16,7 +17,8 @@ from rest_bridge.upstream import Upstream
 
 DESCRIPTION = """\
 REST/JSON front of the gRPC prediction service (`prediction.v1.HousingPredictor`,
-`prediction.v1.IrisClassifier`). Every field is the protobuf field of the same name; every error has one
+`prediction.v1.IrisClassifier`, and `prediction.v1.ModelAdmin` under the `admin` routes, which need the server's
+admin token: "Authorize" above). Every field is the protobuf field of the same name; every error has one
 body shape, `{"error": {"status", "code", "message", "request_id", "details"}}`, where `code` is the gRPC
 status the HTTP status comes from. Send `X-Request-ID` to trace a request through the bridge and the server.
 """
@@ -47,6 +49,7 @@ def create_app(settings: BridgeSettings, metrics_registry: CollectorRegistry | N
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     add_routes(app, upstream, metrics)
+    add_admin_routes(app, upstream)
     install_error_handlers(app)
     install_offline_docs(app)
     # The last added is the outermost: the request context wraps the body limit, which reads its id.

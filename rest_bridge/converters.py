@@ -5,10 +5,17 @@ constructors; responses are read field by field, which is both explicit and the 
 """
 
 from collections.abc import Mapping
-from datetime import UTC
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TypeVar
 
-from protos.prediction.v1 import housing_pb2, iris_pb2, model_pb2
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos.prediction.v1 import admin_pb2, housing_pb2, iris_pb2, model_pb2
 from rest_bridge import schemas
+
+E = TypeVar("E", bound=StrEnum)
 
 # The proto enum value for each REST species, and back. IRIS_SPECIES_UNSPECIFIED has no REST value.
 SPECIES_TO_PROTO: Mapping[schemas.IrisSpecies, int] = {
@@ -17,6 +24,19 @@ SPECIES_TO_PROTO: Mapping[schemas.IrisSpecies, int] = {
     schemas.IrisSpecies.VIRGINICA: iris_pb2.IRIS_SPECIES_VIRGINICA,
 }
 SPECIES_FROM_PROTO: Mapping[int, schemas.IrisSpecies] = {value: species for species, value in SPECIES_TO_PROTO.items()}
+# OPERATION_STATE_UNSPECIFIED is never sent; GATE_DECISION_UNSPECIFIED means "not decided" and becomes null.
+STATE_TO_PROTO: Mapping[schemas.OperationState, int] = {
+    schemas.OperationState.QUEUED: admin_pb2.OPERATION_STATE_QUEUED,
+    schemas.OperationState.RUNNING: admin_pb2.OPERATION_STATE_RUNNING,
+    schemas.OperationState.SUCCEEDED: admin_pb2.OPERATION_STATE_SUCCEEDED,
+    schemas.OperationState.FAILED: admin_pb2.OPERATION_STATE_FAILED,
+}
+STATE_FROM_PROTO: Mapping[int, schemas.OperationState] = {value: state for state, value in STATE_TO_PROTO.items()}
+DECISION_TO_PROTO: Mapping[schemas.GateDecision, int] = {
+    schemas.GateDecision.PROMOTED: admin_pb2.GATE_DECISION_PROMOTED,
+    schemas.GateDecision.REJECTED: admin_pb2.GATE_DECISION_REJECTED,
+}
+DECISION_FROM_PROTO: Mapping[int, schemas.GateDecision] = {value: each for each, value in DECISION_TO_PROTO.items()}
 
 
 class UnexpectedResponseError(ValueError):
@@ -63,11 +83,33 @@ def housing_batch_from_proto(message: housing_pb2.HousingBatchPrediction) -> sch
     )
 
 
-def species_from_proto(value: int) -> schemas.IrisSpecies:
+def _enum_from_proto(table: Mapping[int, E], value: int, enum_name: str) -> E:
     try:
-        return SPECIES_FROM_PROTO[value]
+        return table[value]
     except KeyError:
-        raise UnexpectedResponseError(f"the server sent IrisSpecies {value}, which has no REST value") from None
+        raise UnexpectedResponseError(f"the server sent {enum_name} {value}, which has no REST value") from None
+
+
+def species_from_proto(value: int) -> schemas.IrisSpecies:
+    return _enum_from_proto(SPECIES_FROM_PROTO, value, "IrisSpecies")
+
+
+def state_from_proto(value: int) -> schemas.OperationState:
+    return _enum_from_proto(STATE_FROM_PROTO, value, "OperationState")
+
+
+def decision_from_proto(value: int) -> schemas.GateDecision | None:
+    if value == admin_pb2.GATE_DECISION_UNSPECIFIED:
+        return None
+    return _enum_from_proto(DECISION_FROM_PROTO, value, "GateDecision")
+
+
+def _moment(timestamp: Timestamp) -> datetime:
+    return timestamp.ToDatetime(tzinfo=UTC)
+
+
+def _moment_if_set(message: Message, field: str) -> datetime | None:
+    return _moment(getattr(message, field)) if message.HasField(field) else None
 
 
 def _probabilities(message: iris_pb2.SpeciesProbabilities) -> schemas.SpeciesProbabilities:
@@ -106,7 +148,7 @@ def model_info_from_proto(message: model_pb2.ModelInfo) -> schemas.ModelInfo:
         model=model_version_from_proto(message.model),
         model_uri=message.model_uri,
         estimator=message.estimator,
-        loaded_at=message.loaded_at.ToDatetime(tzinfo=UTC),
+        loaded_at=_moment(message.loaded_at),
         training_metrics=dict(message.training_metrics),
         features=[
             schemas.FeatureSpec(
@@ -119,4 +161,74 @@ def model_info_from_proto(message: model_pb2.ModelInfo) -> schemas.ModelInfo:
             for spec in message.features
         ],
         max_batch_size=message.max_batch_size,
+        last_load_failure=load_failure_from_proto(message.last_load_failure)
+        if message.HasField("last_load_failure")
+        else None,
+        registry_reachable=message.registry_reachable,
+    )
+
+
+def load_failure_from_proto(message: model_pb2.LoadFailure) -> schemas.LoadFailure:
+    return schemas.LoadFailure(
+        version=message.version, reason=message.reason, message=message.message, failed_at=_moment(message.failed_at)
+    )
+
+
+def retrain_to_proto(body: schemas.RetrainRequest) -> admin_pb2.RetrainRequest:
+    # exclude_none: an absent max_rows stays unset (proto3 optional), which means "every row".
+    return admin_pb2.RetrainRequest(**body.model_dump(exclude_none=True))
+
+
+def set_alias_to_proto(model: str, alias: str, body: schemas.SetAliasBody) -> admin_pb2.SetAliasRequest:
+    # exclude_none: expected_version null is "no compare-and-set"; "" is set, and means "only if not set".
+    return admin_pb2.SetAliasRequest(model=model, alias=alias, **body.model_dump(exclude_none=True))
+
+
+def operation_from_proto(message: admin_pb2.Operation) -> schemas.Operation:
+    return schemas.Operation(
+        id=message.id,
+        model=message.model,
+        state=state_from_proto(message.state),
+        hyperparameters=dict(message.hyperparameters),
+        max_rows=message.max_rows if message.HasField("max_rows") else None,
+        trigger=message.trigger,
+        created_at=_moment(message.created_at),
+        started_at=_moment_if_set(message, "started_at"),
+        finished_at=_moment_if_set(message, "finished_at"),
+        candidate_metrics=dict(message.candidate_metrics),
+        champion_metrics=dict(message.champion_metrics),
+        champion_version=message.champion_version,
+        registered_version=message.registered_version,
+        decision=decision_from_proto(message.decision),
+        decision_reason=message.decision_reason,
+        failure_reason=message.failure_reason,
+    )
+
+
+def operations_from_proto(message: admin_pb2.ListOperationsResponse) -> schemas.ListOperationsResponse:
+    return schemas.ListOperationsResponse(operations=[operation_from_proto(each) for each in message.operations])
+
+
+def registered_version_from_proto(message: admin_pb2.RegisteredVersion) -> schemas.RegisteredVersion:
+    return schemas.RegisteredVersion(
+        version=message.version,
+        aliases=list(message.aliases),
+        metrics=dict(message.metrics),
+        created_at=_moment(message.created_at),
+        run_id=message.run_id,
+        gate_decision=message.gate_decision,
+        gate_reason=message.gate_reason,
+        serving=message.serving,
+    )
+
+
+def model_versions_from_proto(message: admin_pb2.ListModelVersionsResponse) -> schemas.ListModelVersionsResponse:
+    return schemas.ListModelVersionsResponse(
+        name=message.name, versions=[registered_version_from_proto(each) for each in message.versions]
+    )
+
+
+def alias_change_from_proto(message: admin_pb2.AliasChange) -> schemas.AliasChange:
+    return schemas.AliasChange(
+        name=message.name, alias=message.alias, version=message.version, previous_version=message.previous_version
     )

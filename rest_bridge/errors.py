@@ -151,6 +151,8 @@ def upstream_error_response(error: grpc.aio.AioRpcError, request_id: str) -> Res
 def _field_path(location: Sequence[int | str]) -> str:
     path = ""
     for part in location:
+        if part == "[key]":  # pydantic's marker of a bad key of a map: the path up to here names the key
+            continue
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 
@@ -159,7 +161,8 @@ def validation_violations(errors: Sequence[Any]) -> list[FieldViolation]:
     violations = []
     for error in errors[:MAX_REPORTED_VIOLATIONS]:
         location = tuple(error.get("loc", ()))
-        if location[:1] == ("body",):
+        # A field is named as in the proto message, wherever the route takes it from.
+        if location[:1] in (("body",), ("path",), ("query",)):
             location = location[1:]
         if error.get("type") == "json_invalid":
             reason = error.get("ctx", {}).get("error", "")

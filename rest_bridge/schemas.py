@@ -12,17 +12,25 @@ Differences from the protobuf messages, all deliberate:
 - ``IrisSpecies`` is a string enum of lower-case names (``IRIS_SPECIES_SETOSA`` -> ``"setosa"``);
   ``IRIS_SPECIES_UNSPECIFIED`` is never sent by the server and has no REST value.
 - ``google.protobuf.Timestamp`` is an RFC 3339 date-time string.
+- A field the server may leave unset (a proto3 ``optional`` scalar, a message that is absent, the enum
+  ``GateDecision`` before the gate decided) is ``null``; every other field is always written.
+- The admin requests take their names from the URL path (``/models/{model}/aliases/{alias}``) and the rest
+  from the body; every name is a short safe string (``NAME_PATTERN`` and friends), so the server never has to
+  make sense of control characters or megabyte-long keys. Whether a name exists is the server's answer.
 """
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
 from server import features as server_features
 from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE, FeatureTable
+from training.hyperparameters import HYPERPARAMETERS
+from training.settings import MIN_MAX_ROWS
 
 # What each feature means; units, bounds and examples are taken from the server's feature tables.
 HOUSING_FEATURE_MEANINGS = {
@@ -210,6 +218,18 @@ class FeatureSpec(BaseModel):
     )
 
 
+class LoadFailure(BaseModel):
+    """A version the server refused to serve."""
+
+    version: str = Field(description="The registry version that was refused.")
+    reason: str = Field(
+        description='Short machine-readable cause: "registry_unavailable", "artifact", "signature", "classes", '
+        '"warm_up" or "output".'
+    )
+    message: str = Field(description="What went wrong, for people.")
+    failed_at: datetime = Field(description="When the server gave up on the version (UTC).")
+
+
 class ModelInfo(BaseModel):
     """The model a service is serving right now."""
 
@@ -226,6 +246,14 @@ class ModelInfo(BaseModel):
     )
     features: list[FeatureSpec] = Field(description="Input features, in the order the model consumes them.")
     max_batch_size: int = Field(ge=0, description="Largest number of instances one batch call accepts.")
+    last_load_failure: LoadFailure | None = Field(
+        description="The last version of this service's alias that the server refused to serve (it failed to load "
+        "or to pass validation) while it kept serving the version above; null when the alias's version is served.",
+    )
+    registry_reachable: bool = Field(
+        description="Whether the server's last look at the model registry succeeded; while false it keeps serving "
+        "what it has loaded."
+    )
 
 
 class ModelsInfo(BaseModel):
@@ -249,6 +277,176 @@ class Readiness(BaseModel):
         description="gRPC health of each service by its full name: SERVING, NOT_SERVING, SERVICE_UNKNOWN, or the "
         "gRPC status code of a failed health check (e.g. UNAVAILABLE when no server answers)."
     )
+
+
+# The names the admin routes take, in the path or the body. Model: a service key ("housing") or a registered
+# name ("IrisBestModel"); alias: a registry alias ("champion"); operation id: opaque (the server's are hex).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+VERSION_PATTERN = r"^[0-9]{1,10}$"
+OPERATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+HYPERPARAMETER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_HYPERPARAMETERS = 32
+UINT32_MAX = 2**32 - 1
+
+
+def _json_integer(value: object) -> object:
+    # JSON Schema counts 5000.0 as an integer, so the bridge takes it (and refuses 5000.5); "5000" and true are
+    # integers to nobody, though pydantic's lax mode would convert them.
+    if isinstance(value, str | bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+HyperparameterName = Annotated[str, StringConstraints(pattern=HYPERPARAMETER_PATTERN)]
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+def _allow_list() -> str:
+    return "; ".join(
+        f"{kind}: " + ", ".join(f"`{each.name}` ({each.allowed})" for each in parameters.values())
+        for kind, parameters in HYPERPARAMETERS.items()
+    )
+
+
+def _names_by_property_names(schema: JsonDict) -> None:
+    # pydantic writes a dict with constrained keys as patternProperties, which leaves every other key valid in
+    # JSON Schema terms; propertyNames says what the bridge enforces: every key matches.
+    schema.pop("patternProperties", None)
+    schema["propertyNames"] = {"pattern": HYPERPARAMETER_PATTERN}
+    schema["additionalProperties"] = {"type": "number"}
+
+
+class RetrainRequest(BaseModel):
+    """Body of POST /retrain: which model to retrain, and how."""
+
+    model_config = ConfigDict(
+        **_REQUEST,
+        json_schema_extra={"examples": [{"model": "housing", "hyperparameters": {"max_iter": 200}, "max_rows": 5000}]},
+    )
+
+    model: ModelName = Field(
+        description='The model: its service key ("housing", "iris") or its registered name ("IrisBestModel").'
+    )
+    hyperparameters: dict[HyperparameterName, FiniteNumber] = Field(
+        default_factory=dict,
+        max_length=MAX_HYPERPARAMETERS,
+        json_schema_extra=_names_by_property_names,
+        description="Overrides of the estimator's hyper-parameters, from the allow-list (the server checks names "
+        f"and bounds; integers are whole numbers): {_allow_list()}. Empty trains with the defaults.",
+    )
+    max_rows: Annotated[int, Field(ge=MIN_MAX_ROWS, le=UINT32_MAX), BeforeValidator(_json_integer)] | None = Field(
+        None,
+        description="Train on a random subset of at most this many rows; null or absent uses every row.",
+    )
+
+
+class OperationState(StrEnum):
+    """Where a retrain operation is (the proto enum ``OperationState`` without its prefix, lower case)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class GateDecision(StrEnum):
+    """What the champion gate decided about a candidate (the proto enum ``GateDecision``, lower case)."""
+
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+
+
+class Operation(BaseModel):
+    """A retrain operation. Finished operations are kept by the server and survive its restarts."""
+
+    id: str = Field(description="The operation's id: GET /operations/{id}.")
+    model: str = Field(description='The service key of the model, "housing" or "iris".')
+    state: OperationState
+    hyperparameters: dict[str, float] = Field(description="The validated overrides; empty for the defaults.")
+    max_rows: int | None = Field(ge=0, description="The row limit asked for; null for every row.")
+    trigger: str = Field(description='Why it started: "manual" for a retrain asked for through this API.')
+    created_at: datetime = Field(description="When the server accepted the request (UTC).")
+    started_at: datetime | None = Field(description="When training started; null while queued.")
+    finished_at: datetime | None = Field(description="When it finished; null until then.")
+    candidate_metrics: dict[str, float] = Field(
+        description="The candidate's held-out metrics (rmse, mae, r2; accuracy, macro_f1, cv_accuracy)."
+    )
+    champion_metrics: dict[str, float] = Field(
+        description="The champion's metrics on the same held-out rows; empty when there was no champion."
+    )
+    champion_version: str = Field(description='The champion the candidate was compared with ("" when none).')
+    registered_version: str = Field(description='The version the candidate was registered as ("" until then).')
+    decision: GateDecision | None = Field(
+        description="The champion gate's decision; null until it decided, and for a failed operation."
+    )
+    decision_reason: str = Field(description="Why the gate decided so.")
+    failure_reason: str = Field(description="Why it failed: the error and the last lines of the training output.")
+
+
+class ListOperationsQuery(BaseModel):
+    """The query of GET /operations. An unknown parameter is refused: a misspelt filter would list everything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "",
+        pattern=f"^({NAME_PATTERN[1:-1]})?$",
+        description='Only the operations of this model ("housing", "iris", or a registered name); "" or absent: all.',
+    )
+
+
+class ListOperationsResponse(BaseModel):
+    """Answer to GET /operations: newest first."""
+
+    operations: list[Operation]
+
+
+class RegisteredVersion(BaseModel):
+    """One registered version of a model."""
+
+    version: str = Field(description='The registry version, e.g. "2".')
+    aliases: list[str] = Field(description='Aliases that point at it, e.g. ["champion"].')
+    metrics: dict[str, float] = Field(description="Held-out metrics its training run logged.")
+    created_at: datetime = Field(description="When it was registered (UTC).")
+    run_id: str = Field(description="MLflow run id of its training run.")
+    gate_decision: str = Field(
+        description='The champion gate\'s decision when it was trained: "promoted", "rejected", or "" (registered '
+        "by hand)."
+    )
+    gate_reason: str = Field(description="Why the gate decided so.")
+    serving: bool = Field(description="Whether the server is answering with this version right now.")
+
+
+class ListModelVersionsResponse(BaseModel):
+    """Answer to GET /models/{model}/versions: every registered version, newest first."""
+
+    name: str = Field(description="The registered model name.")
+    versions: list[RegisteredVersion]
+
+
+class SetAliasBody(BaseModel):
+    """Body of PUT /models/{model}/aliases/{alias}: where the alias should point."""
+
+    model_config = ConfigDict(**_REQUEST, json_schema_extra={"examples": [{"version": "2", "expected_version": "1"}]})
+
+    version: str = Field(pattern=VERSION_PATTERN, description='The registry version to point the alias at, e.g. "2".')
+    expected_version: str | None = Field(
+        None,
+        pattern=f"^({VERSION_PATTERN[1:-1]})?$",
+        description='Compare-and-set: move the alias only if it points at this version now ("" = only if the alias '
+        "is not set), otherwise 409 (ABORTED). Null or absent moves it wherever it is.",
+    )
+
+
+class AliasChange(BaseModel):
+    """An alias that moved (answer to PUT .../aliases/{alias} and POST .../rollback)."""
+
+    name: str = Field(description="The registered model name.")
+    alias: str = Field(description='The alias, e.g. "champion".')
+    version: str = Field(description="The version it points at now.")
+    previous_version: str = Field(description='The version it pointed at before ("" when it was not set).')
 
 
 class FieldViolation(BaseModel):

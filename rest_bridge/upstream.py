@@ -3,18 +3,28 @@
 Every call carries the request's ``x-request-id`` as metadata and the configured deadline, and is
 cancelled when the HTTP client disconnects: ASGI servers do not cancel a request's task when its client
 goes away, they only answer ``receive()`` with ``http.disconnect``, so a watcher waits for that message
-and cancels the request's task, which cancels the call it is awaiting.
+and cancels the request's task, which cancels the call it is awaiting. Admin calls also carry the client's
+``Authorization`` header as ``authorization`` metadata; only the server checks it.
 """
 
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
+from protos.prediction.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    housing_pb2,
+    housing_pb2_grpc,
+    iris_pb2,
+    iris_pb2_grpc,
+    model_pb2,
+)
 from rest_bridge.errors import ClientDisconnectedError
 from rest_bridge.metrics import BridgeMetrics
 
@@ -24,8 +34,12 @@ T = TypeVar("T")
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 REQUEST_ID_KEY = "x-request-id"
+AUTHORIZATION_KEY = "authorization"
+# Bearer tokens are short; gRPC refuses metadata over 8 KiB (soft) to 16 KiB (hard) in total.
+MAX_AUTHORIZATION_LENGTH = 4096
 HOUSING_SERVICE = housing_pb2.DESCRIPTOR.services_by_name["HousingPredictor"].full_name
 IRIS_SERVICE = iris_pb2.DESCRIPTOR.services_by_name["IrisClassifier"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
 # Spread calls over every address the target resolves to, instead of gRPC's default pick_first.
 SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 # gRPC's default reconnect backoff grows to 120 s: after a long outage the bridge could keep answering
@@ -37,6 +51,20 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 3000),
 )
 CLOSE_GRACE_SECONDS = 1.0
+
+
+def forwardable_authorization(value: str | None) -> str | None:
+    """The Authorization header as gRPC metadata can carry it, or None: a value it cannot carry is not sent.
+
+    gRPC accepts only printable ASCII in a text metadata value and fails the whole call otherwise; without the
+    header the server answers UNAUTHENTICATED, the same as for any other unusable credential. Nothing else is
+    checked here: the server is the one authority on the token.
+    """
+    if value is None or not 0 < len(value) <= MAX_AUTHORIZATION_LENGTH:
+        return None
+    if not all(" " <= character <= "~" for character in value):
+        return None
+    return value
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
@@ -64,6 +92,16 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+@dataclass(frozen=True, slots=True)
+class AdminContext:
+    """What an admin call is made with: the request's id, its ``receive`` (to notice a disconnect) and the
+    client's Authorization header as it came (None when there was none)."""
+
+    request_id: str
+    receive: Receive
+    authorization: str | None
+
+
 class Upstream:
     """The channel to the prediction server(s). ``open()`` on the serving event loop, ``close()`` at shutdown."""
 
@@ -79,6 +117,7 @@ class Upstream:
         self._housing = housing_pb2_grpc.HousingPredictorStub(self._channel)
         self._iris = iris_pb2_grpc.IrisClassifierStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._admin = admin_pb2_grpc.ModelAdminStub(self._channel)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -92,8 +131,14 @@ class Upstream:
         message: Request,
         request_id: str,
         receive: Receive,
+        *,
+        authorization: str | None = None,
     ) -> Response:
-        call = rpc(message, timeout=self.timeout_seconds, metadata=((REQUEST_ID_KEY, request_id),))
+        metadata: tuple[tuple[str, str], ...] = ((REQUEST_ID_KEY, request_id),)
+        forwarded = forwardable_authorization(authorization)
+        if forwarded is not None:
+            metadata += ((AUTHORIZATION_KEY, forwarded),)
+        call = rpc(message, timeout=self.timeout_seconds, metadata=metadata)
         try:
             return await cancel_on_disconnect(receive, call)
         except grpc.aio.AioRpcError as error:
@@ -130,6 +175,46 @@ class Upstream:
         )
         iris = await self._call(f"{IRIS_SERVICE}/GetModelInfo", self._iris.GetModelInfo, request, request_id, receive)
         return housing, iris
+
+    # Admin calls (prediction.v1.ModelAdmin): one line each, the context carries the client's credentials.
+
+    async def _admin_call(
+        self,
+        name: str,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
+        message: Request,
+        context: AdminContext,
+    ) -> Response:
+        return await self._call(
+            f"{ADMIN_SERVICE}/{name}",
+            rpc,
+            message,
+            context.request_id,
+            context.receive,
+            authorization=context.authorization,
+        )
+
+    async def retrain(self, message: admin_pb2.RetrainRequest, context: AdminContext) -> admin_pb2.Operation:
+        return await self._admin_call("Retrain", self._admin.Retrain, message, context)
+
+    async def get_operation(self, message: admin_pb2.GetOperationRequest, context: AdminContext) -> admin_pb2.Operation:
+        return await self._admin_call("GetOperation", self._admin.GetOperation, message, context)
+
+    async def list_operations(
+        self, message: admin_pb2.ListOperationsRequest, context: AdminContext
+    ) -> admin_pb2.ListOperationsResponse:
+        return await self._admin_call("ListOperations", self._admin.ListOperations, message, context)
+
+    async def list_model_versions(
+        self, message: admin_pb2.ListModelVersionsRequest, context: AdminContext
+    ) -> admin_pb2.ListModelVersionsResponse:
+        return await self._admin_call("ListModelVersions", self._admin.ListModelVersions, message, context)
+
+    async def set_alias(self, message: admin_pb2.SetAliasRequest, context: AdminContext) -> admin_pb2.AliasChange:
+        return await self._admin_call("SetAlias", self._admin.SetAlias, message, context)
+
+    async def rollback(self, message: admin_pb2.RollbackRequest, context: AdminContext) -> admin_pb2.AliasChange:
+        return await self._admin_call("Rollback", self._admin.Rollback, message, context)
 
     async def serving_status(self, service: str, *, request_id: str) -> str:
         """The health status name of ``service``, or the code name of the failed health check."""

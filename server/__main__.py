@@ -6,9 +6,9 @@ import signal
 import threading
 from types import FrameType
 
+from model_registry.mlflow import MlflowRegistry
 from server.app import build_server
 from server.logs import configure_logging
-from server.registry import MlflowModelRegistry
 from server.settings import ServerSettings
 
 
@@ -21,8 +21,13 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # An unreachable tracking server must fail a poll in seconds, not after MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(settings.registry_timeout_seconds))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
-    server = build_server(settings, MlflowModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_registry_uri))
+    registry = MlflowRegistry(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
+    # Retrain children start from this process's environment (PATH, SCIKIT_LEARN_DATA, TRAINING_* settings).
+    server = build_server(settings, registry, child_env=dict(os.environ))
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:

@@ -1,7 +1,9 @@
-"""Assembles the gRPC server process: services, health, reflection, interceptors, metrics endpoint."""
+"""Assembles the gRPC server process: services, admin, health, reflection, interceptors, metrics, the watcher."""
 
 import logging
+import sys
 import threading
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
@@ -12,24 +14,28 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 from py_grpc_prometheus.prometheus_server_interceptor import PromServerInterceptor
 
-from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
+from model_registry import ModelRegistry
+from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, housing_pb2_grpc, iris_pb2_grpc
+from server.admin.auth import AdminAuthenticator
+from server.admin.operations import OperationStore, RetrainRunner
+from server.admin.service import ModelAdmin
+from server.admin_servicer import ModelAdminServicer
 from server.core import HousingEndpoint, IrisEndpoint
-from server.domain import LoadedModel
-from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE
-from server.interceptors import ServerCallInterceptor
-from server.lifecycle import ModelLoader, ServedModel
+from server.domain import Deployment
+from server.execution import ModelRunner
+from server.interceptors import AdminAuthInterceptor, ServerCallInterceptor
+from server.lifecycle import ModelWatcher, WatchedModel
 from server.metrics import ModelMetrics
 from server.model_store import ModelSlot, ModelStore
-from server.registry import ModelRegistry
+from server.preparation import ModelPreparer
 from server.runtime import PredictRuntime
 from server.servicers import HousingPredictorServicer, IrisClassifierServicer
+from server.services import HOUSING, IRIS, SERVICES, SPEC_BY_SLOT
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-HOUSING_SERVICE = housing_pb2.DESCRIPTOR.services_by_name["HousingPredictor"].full_name
-IRIS_SERVICE = iris_pb2.DESCRIPTOR.services_by_name["IrisClassifier"].full_name
-SERVICE_BY_SLOT = {ModelSlot.HOUSING: HOUSING_SERVICE, ModelSlot.IRIS: IRIS_SERVICE}
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
 OVERALL = ""
 
 
@@ -46,12 +52,13 @@ class PredictionServer:
     port: int
     health: health.HealthServicer
     store: ModelStore
-    loader: ModelLoader
+    watcher: ModelWatcher
+    retrainer: RetrainRunner
     metrics_registry: CollectorRegistry
+    executors: tuple[futures.ThreadPoolExecutor, ...] = ()
     metrics_port: int | None = None
     _metrics_http: WSGIServer | None = field(default=None, repr=False)
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
-    _retrier: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
         if self.settings.metrics_port is not None:
@@ -63,17 +70,9 @@ class PredictionServer:
         logger.info("gRPC on port %d, metrics on port %s", self.port, self.metrics_port)
 
     def load_models(self) -> dict[ModelSlot, bool]:
-        """Load every service's model; those that fail are retried in the background (``load_retry_seconds``)."""
-        loaded = self.loader.load_all()
-        retry = self.settings.load_retry_seconds
-        if retry > 0 and not all(loaded.values()):
-            self._retrier = threading.Thread(
-                target=self.loader.load_missing_until,
-                args=(self._stopped, retry),
-                name="model-load-retry",
-                daemon=True,
-            )
-            self._retrier.start()
+        """Load every service's model now, then follow the aliases in the background (hot reload)."""
+        loaded = self.watcher.sync_all()
+        self.watcher.start(self.settings.model_poll_seconds)
         return loaded
 
     def stop(self, grace: float | None = None) -> None:
@@ -83,8 +82,10 @@ class PredictionServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace).wait()
-        if self._retrier is not None:
-            self._retrier.join(timeout=5)
+        self.watcher.stop()
+        self.retrainer.stop(timeout=5)
+        for executor in self.executors:
+            executor.shutdown(wait=True, cancel_futures=True)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -97,33 +98,47 @@ class _HealthReporter:
     def __init__(self, servicer: health.HealthServicer, store: ModelStore) -> None:
         self._servicer = servicer
         self._store = store
-        for service in SERVICE_BY_SLOT.values():
-            servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for spec in SERVICES:
+            servicer.set(spec.service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         servicer.set(OVERALL, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    def model_changed(self, slot: ModelSlot, _old: LoadedModel | None, new: LoadedModel | None) -> None:
+    def deployment_changed(self, slot: ModelSlot, _old: Deployment | None, new: Deployment | None) -> None:
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        self._servicer.set(SERVICE_BY_SLOT[slot], serving if new is not None else not_serving)
-        everything = all(self._store.peek(each) is not None for each in SERVICE_BY_SLOT)
+        self._servicer.set(SPEC_BY_SLOT[slot].service_name, serving if new is not None else not_serving)
+        everything = all(self._store.peek(spec.slot) is not None for spec in SERVICES)
         self._servicer.set(OVERALL, serving if everything else not_serving)
 
 
 def build_server(
-    settings: ServerSettings, registry: ModelRegistry, metrics_registry: CollectorRegistry | None = None
+    settings: ServerSettings,
+    registry: ModelRegistry,
+    metrics_registry: CollectorRegistry | None = None,
+    *,
+    child_env: Mapping[str, str] | None = None,
 ) -> PredictionServer:
-    """Wire every part of the server and bind its port. Nothing is loaded until ``load_models()``."""
+    """Wire every part of the server and bind its port. Nothing is loaded until ``load_models()``.
+
+    ``child_env`` is the environment retrain children start from (the process's own, from ``__main__``); the
+    registry URIs of ``settings`` are added to it.
+    """
     metrics_registry = metrics_registry or CollectorRegistry()
     runtime = PredictRuntime(settings.parallel_batch_rows, settings.max_concurrent_predictions)
     executor = futures.ThreadPoolExecutor(
         max_workers=settings.max_workers, thread_name_prefix="rpc", initializer=runtime.limit_current_thread
     )
+    health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+    authenticator = AdminAuthenticator(
+        settings.admin_token.get_secret_value() if settings.admin_token else None, dev_mode=settings.admin_dev_mode
+    )
     grpc_server = grpc.server(
         executor,
         interceptors=[
-            # Outermost first: the Prometheus interceptor must see the status the error mapping set.
+            # Outermost first: the Prometheus interceptor must see the status the error mapping set, and the
+            # error mapping must see the admin authentication's refusals.
             PromServerInterceptor(enable_handling_time_histogram=True, registry=metrics_registry),
             ServerCallInterceptor(access_log=settings.access_log),
+            AdminAuthInterceptor(authenticator, ADMIN_SERVICE),
         ],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -136,55 +151,64 @@ def build_server(
 
     store = ModelStore()
     metrics = ModelMetrics(metrics_registry)
+    runners = {spec.slot: ModelRunner(spec, runtime, settings.small_batch_rows) for spec in SERVICES}
     housing = HousingEndpoint(
-        ModelSlot.HOUSING,
-        features=HOUSING_FEATURE_TABLE,
-        store=store,
-        metrics=metrics,
-        runtime=runtime,
-        max_batch_size=settings.max_batch_size,
-        small_batch_rows=settings.small_batch_rows,
+        HOUSING, store=store, metrics=metrics, runner=runners[HOUSING.slot], max_batch_size=settings.max_batch_size
     )
     iris = IrisEndpoint(
-        ModelSlot.IRIS,
-        features=IRIS_FEATURE_TABLE,
-        store=store,
-        metrics=metrics,
-        runtime=runtime,
-        max_batch_size=settings.max_batch_size,
-        small_batch_rows=settings.small_batch_rows,
+        IRIS, store=store, metrics=metrics, runner=runners[IRIS.slot], max_batch_size=settings.max_batch_size
     )
-    housing_pb2_grpc.add_HousingPredictorServicer_to_server(HousingPredictorServicer(housing), grpc_server)
-    iris_pb2_grpc.add_IrisClassifierServicer_to_server(IrisClassifierServicer(iris), grpc_server)
-
-    health_servicer = health.HealthServicer(
-        experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1)
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reporter = _HealthReporter(health_servicer, store)
-    store.subscribe(reporter.model_changed)
-    store.subscribe(lambda slot, old, new: metrics.model_changed(SERVICE_BY_SLOT[slot], old, new))
-
-    reflection.enable_server_reflection(
-        (HOUSING_SERVICE, IRIS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
-    )
-    port = grpc_server.add_insecure_port(_address(settings.host, settings.port))
-
-    loader = ModelLoader(
+    names = {ModelSlot.HOUSING: settings.housing_model_name, ModelSlot.IRIS: settings.iris_model_name}
+    watcher = ModelWatcher(
         registry,
         store,
         metrics,
         [
-            ServedModel(ModelSlot.HOUSING, settings.housing_model_name, settings.model_alias, housing),
-            ServedModel(ModelSlot.IRIS, settings.iris_model_name, settings.model_alias, iris),
+            WatchedModel(spec, names[spec.slot], settings.model_alias, ModelPreparer(runners[spec.slot]))
+            for spec in SERVICES
         ],
     )
+    environment = dict(child_env or {})
+    environment["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    environment["MLFLOW_REGISTRY_URI"] = settings.mlflow_registry_uri or settings.mlflow_tracking_uri
+    environment["TRAINING_ALIAS"] = settings.model_alias
+    environment["TRAINING_HOUSING_MODEL_NAME"] = settings.housing_model_name
+    environment["TRAINING_IRIS_MODEL_NAME"] = settings.iris_model_name
+    retrainer = RetrainRunner(
+        OperationStore(settings.state_dir),
+        python_executable=sys.executable,
+        child_env=environment,
+        niceness=settings.retrain_niceness,
+        openmp_threads=settings.retrain_openmp_threads,
+        workdir=settings.retrain_workdir,
+        # A promoted candidate is served at once, not at the next poll.
+        on_finished=lambda _operation: watcher.nudge(),
+    )
+    admin = ModelAdmin(registry, watcher, store, retrainer)
+
+    housing_pb2_grpc.add_HousingPredictorServicer_to_server(HousingPredictorServicer(housing, watcher), grpc_server)
+    iris_pb2_grpc.add_IrisClassifierServicer_to_server(IrisClassifierServicer(iris, watcher), grpc_server)
+    admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(admin), grpc_server)
+
+    health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=health_pool)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reporter = _HealthReporter(health_servicer, store)
+    store.subscribe(reporter.deployment_changed)
+    store.subscribe(lambda slot, old, new: metrics.deployment_changed(SPEC_BY_SLOT[slot].service_name, old, new))
+
+    reflection.enable_server_reflection(
+        (*(spec.service_name for spec in SERVICES), ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        grpc_server,
+    )
+    port = grpc_server.add_insecure_port(_address(settings.host, settings.port))
     return PredictionServer(
         settings=settings,
         grpc_server=grpc_server,
         port=port,
         health=health_servicer,
         store=store,
-        loader=loader,
+        watcher=watcher,
+        retrainer=retrainer,
         metrics_registry=metrics_registry,
+        executors=(executor, health_pool),
     )

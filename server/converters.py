@@ -1,6 +1,7 @@
 """Pure functions between protobuf messages and the core's domain types."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from data.schema import IRIS_SPECIES
 from protos.prediction.v1 import housing_pb2, iris_pb2, model_pb2
-from server.domain import FeatureBatch, HousingPredictions, IrisClassifications, ModelDescription, ModelVersionRef
+from server.domain import (
+    FeatureBatch,
+    HousingPredictions,
+    IrisClassifications,
+    LoadFailure,
+    ModelDescription,
+    ModelVersionRef,
+)
 from server.features import FeatureTable
 
 DOLLARS_PER_UNIT = 100_000.0
@@ -86,14 +94,31 @@ def iris_batch_to_proto(result: IrisClassifications) -> iris_pb2.IrisBatchPredic
     )
 
 
-def model_info_to_proto(description: ModelDescription, table: FeatureTable, max_batch_size: int) -> model_pb2.ModelInfo:
-    loaded_at = Timestamp()
-    loaded_at.FromDatetime(description.loaded_at)
+def timestamp(moment: datetime) -> Timestamp:
+    converted = Timestamp()
+    converted.FromDatetime(moment)
+    return converted
+
+
+def load_failure_to_proto(failure: LoadFailure) -> model_pb2.LoadFailure:
+    return model_pb2.LoadFailure(
+        version=failure.version, reason=failure.reason, message=failure.message, failed_at=timestamp(failure.failed_at)
+    )
+
+
+def model_info_to_proto(
+    description: ModelDescription,
+    table: FeatureTable,
+    max_batch_size: int,
+    *,
+    last_load_failure: LoadFailure | None = None,
+    registry_reachable: bool = True,
+) -> model_pb2.ModelInfo:
     return model_pb2.ModelInfo(
         model=model_version_to_proto(description.ref),
         model_uri=description.model_uri,
         estimator=description.estimator,
-        loaded_at=loaded_at,
+        loaded_at=timestamp(description.loaded_at),
         training_metrics=dict(description.training_metrics),
         features=[
             model_pb2.FeatureSpec(
@@ -106,4 +131,6 @@ def model_info_to_proto(description: ModelDescription, table: FeatureTable, max_
             for spec in table.specs
         ],
         max_batch_size=max_batch_size,
+        last_load_failure=None if last_load_failure is None else load_failure_to_proto(last_load_failure),
+        registry_reachable=registry_reachable,
     )

@@ -65,6 +65,42 @@ class LoadedModel:
 
 
 @dataclass(frozen=True, slots=True)
+class Deployment:
+    """What one service answers with right now; replaced whole, so a request sees one consistent value.
+
+    Today a deployment is its champion; the challenger and the traffic split join it here.
+    """
+
+    champion: LoadedModel
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """A version the server refused to serve, and why (``reason`` is short and stable, for metric labels)."""
+
+    version: str
+    reason: str
+    message: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the core may know about the call behind a request, whatever protocol carried it.
+
+    ``deadline`` is a ``time.monotonic()`` instant (None: the caller set none); ``routing_key`` is the caller's
+    key for sticky routing (None: not sent).
+    """
+
+    request_id: str = "-"
+    deadline: float | None = None
+    routing_key: str | None = None
+
+
+NO_CONTEXT = RequestContext()
+
+
+@dataclass(frozen=True, slots=True)
 class HousingPredictions:
     """Median house values in units of $100,000, one per row, and the model version that made them."""
 

@@ -1,11 +1,14 @@
-"""Domain errors of the prediction core.
+"""Domain errors of the prediction core and the admin service.
 
     PredictionServiceError
     ├── InvalidInputError      the caller sent something the model must not see (INVALID_ARGUMENT)
     ├── ModelUnavailableError  no model is loaded for the service yet (UNAVAILABLE)
-    └── ModelLoadError         the registry could not give us a usable model (raised at load, not per call)
+    ├── UnauthenticatedError   an admin call without the right bearer token (UNAUTHENTICATED)
+    └── AdminDisabledError     an admin call to a server with no admin token configured (PERMISSION_DENIED)
 
-The gRPC layer maps these to status codes in one table (``server.grpc_errors``); nothing else does.
+The registry adapter's errors (``model_registry``), the retrain operations' (``server.admin.operations``) and
+the hyper-parameter allow-list's (``training.hyperparameters``) travel up unchanged. The gRPC layer maps all of
+them to status codes in one table (``server.grpc_errors``); nothing else does.
 """
 
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ class PredictionServiceError(Exception):
 
 
 class InvalidInputError(PredictionServiceError):
-    """The request cannot be predicted as sent; ``violations`` names each bad field."""
+    """The request cannot be served as sent; ``violations`` names each bad field."""
 
     def __init__(self, message: str, violations: tuple[FieldViolation, ...] = ()) -> None:
         super().__init__(message)
@@ -36,5 +39,9 @@ class ModelUnavailableError(PredictionServiceError):
     """The service has no model loaded (still loading, or loading failed)."""
 
 
-class ModelLoadError(PredictionServiceError):
-    """Resolving, downloading, deserializing or warming up a model failed."""
+class UnauthenticatedError(PredictionServiceError):
+    """An admin call carried no bearer token, or the wrong one."""
+
+
+class AdminDisabledError(PredictionServiceError):
+    """The server has no admin token configured, so it refuses every admin call."""

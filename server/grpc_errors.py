@@ -13,13 +13,50 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.errors import InvalidInputError, ModelUnavailableError, PredictionServiceError
+from model_registry import (
+    AliasConflictError,
+    AliasNotFoundError,
+    ModelNotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+    VersionNotFoundError,
+)
+from model_registry.history import NoEarlierVersionError
+from server.admin.operations import (
+    OperationNotFoundError,
+    RetrainAlreadyRunningError,
+    RetrainRequestError,
+    RunnerStoppedError,
+)
+from server.errors import (
+    AdminDisabledError,
+    InvalidInputError,
+    ModelUnavailableError,
+    UnauthenticatedError,
+)
+from training.hyperparameters import HyperparameterError
 
 logger = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: tuple[tuple[type[PredictionServiceError], grpc.StatusCode], ...] = (
+# First match wins: subclasses before their bases.
+STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (HyperparameterError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (AdminDisabledError, grpc.StatusCode.PERMISSION_DENIED),
+    (RetrainAlreadyRunningError, grpc.StatusCode.ALREADY_EXISTS),
+    (RetrainRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (RunnerStoppedError, grpc.StatusCode.UNAVAILABLE),
+    (OperationNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (RegistryUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (VersionNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AliasNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AliasConflictError, grpc.StatusCode.ABORTED),
+    (NoEarlierVersionError, grpc.StatusCode.FAILED_PRECONDITION),
+    # What is left of the registry's refusals: a request it would not take (e.g. a reserved alias name).
+    (RegistryError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 INTERNAL_MESSAGE = "internal error"
 

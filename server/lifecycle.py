@@ -1,71 +1,189 @@
-"""Loading models into the store: resolve the alias, load, warm up and check, then publish.
+"""Following the registry: resolve each served alias, load and prepare new versions, swap them in.
 
-A model is published only after its warm-up prediction succeeded, so a service turns SERVING with a
-model that has already answered once. A failed load leaves the slot as it was (empty at start-up).
+``ModelWatcher`` is the only writer of the model store. At start-up ``sync_all()`` loads every service once;
+then a background thread re-resolves every alias each poll interval (a cheap registry read, no download) and
+whenever it is nudged (the admin service nudges it after moving an alias, so its own changes are served at
+once). A version is loaded, prepared and validated off the request path, then swapped in with one assignment.
+
+A version that fails is refused once: counted with its reason, logged once, kept as the service's last failure
+(``GetModelInfo`` shows it), and not tried again until the alias moves, while the old version keeps serving.
+A registry that cannot be reached changes nothing for callers: the gauge ``model_registry_up`` goes to 0 and one
+line is logged per outage, not per poll.
 """
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from server.core import ModelEndpoint
-from server.errors import ModelLoadError
+from model_registry import (
+    AliasNotFoundError,
+    ArtifactError,
+    ModelNotFoundError,
+    ModelRegistry,
+    RegistryError,
+    RegistryUnavailableError,
+)
+from server.domain import Deployment, LoadedModel, LoadFailure
 from server.metrics import ModelMetrics
 from server.model_store import ModelSlot, ModelStore
-from server.registry import ModelRegistry
+from server.preparation import ModelPreparer, ModelValidationError
+from server.services import ServiceSpec
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class ServedModel:
-    """Which registered model, by which alias, a slot serves, and the endpoint that checks it."""
+class WatchedModel:
+    """Which registered model, by which alias, a service serves, and how its versions are prepared."""
 
-    slot: ModelSlot
+    spec: ServiceSpec
     name: str
     alias: str
-    endpoint: ModelEndpoint
+    preparer: ModelPreparer
 
 
-class ModelLoader:
+class ModelWatcher:
     def __init__(
-        self, registry: ModelRegistry, store: ModelStore, metrics: ModelMetrics, served: list[ServedModel]
+        self, registry: ModelRegistry, store: ModelStore, metrics: ModelMetrics, watched: Iterable[WatchedModel]
     ) -> None:
         self._registry = registry
         self._store = store
         self._metrics = metrics
-        self._served = {entry.slot: entry for entry in served}
+        self._watched = {entry.spec.slot: entry for entry in watched}
+        self._failures: dict[ModelSlot, LoadFailure] = {}
+        self._registry_up: bool | None = None
+        # One sync at a time: the poll thread, start-up and tests never load the same slot twice at once.
+        self._sync_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def load(self, slot: ModelSlot) -> bool:
-        """Load the slot's model; True when it is now serving. Failures are logged and counted."""
-        entry = self._served[slot]
-        try:
-            model = entry.endpoint.prepare(self._registry.load(entry.name, entry.alias))
-        except ModelLoadError as exc:
-            logger.error("%s model not loaded: %s", slot, exc)
-            self._metrics.load_failures.labels(slot).inc()
+    @property
+    def slots(self) -> tuple[ModelSlot, ...]:
+        return tuple(self._watched)
+
+    def watched(self, slot: ModelSlot) -> WatchedModel:
+        return self._watched[slot]
+
+    @property
+    def registry_reachable(self) -> bool:
+        return bool(self._registry_up)
+
+    def last_failure(self, slot: ModelSlot) -> LoadFailure | None:
+        return self._failures.get(slot)
+
+    def sync_all(self) -> dict[ModelSlot, bool]:
+        return {slot: self.sync(slot) for slot in self._watched}
+
+    def sync(self, slot: ModelSlot) -> bool:
+        """Bring ``slot`` to the version its alias names now; True when that version is what it serves."""
+        with self._sync_lock:
+            return self._sync(self._watched[slot])
+
+    def _sync(self, entry: WatchedModel) -> bool:
+        slot = entry.spec.slot
+        target = self._resolve(entry)
+        if target is None:
             return False
-        except Exception:
-            logger.exception("%s model not loaded: unexpected error", slot)
-            self._metrics.load_failures.labels(slot).inc()
+        served = self._store.peek(slot)
+        if served is not None and served.champion.description.ref.version == target:
+            self._failures.pop(slot, None)
+            return True
+        failure = self._failures.get(slot)
+        if failure is not None and failure.version == target:
+            return False  # refused already: not again until the alias moves
+        model = self._prepare(entry, target)
+        if model is None:
             return False
-        self._store.put(slot, model)
+        self._store.put(slot, Deployment(champion=model))
+        self._failures.pop(slot, None)
         ref = model.description.ref
         logger.info("%s serving %s version %s (alias %s, run %s)", slot, ref.name, ref.version, ref.alias, ref.run_id)
         return True
 
-    def load_all(self) -> dict[ModelSlot, bool]:
-        return {slot: self.load(slot) for slot in self._served}
+    def _resolve(self, entry: WatchedModel) -> str | None:
+        """The version the alias names now, or None (registry down, or no such alias: recorded)."""
+        try:
+            target = self._registry.resolve(entry.name, entry.alias)
+        except RegistryUnavailableError as exc:
+            self._registry_reached(False, exc)
+            return None
+        except (AliasNotFoundError, ModelNotFoundError) as exc:
+            self._registry_reached(True)
+            self._refuse(entry, "", "not_found", str(exc))
+            return None
+        self._registry_reached(True)
+        return target.version
 
-    def load_missing_until(self, stop: threading.Event, interval_seconds: float) -> None:
-        """Every ``interval_seconds``, retry each slot that has no model, until all have one or ``stop`` is set.
+    def _prepare(self, entry: WatchedModel, version: str) -> LoadedModel | None:
+        """Download, check and equip one version; None when it was refused (recorded) or the registry is down."""
+        try:
+            return entry.preparer.prepare(self._registry.load(entry.name, version), entry.alias)
+        except RegistryUnavailableError as exc:
+            self._registry_reached(False, exc)
+            return None
+        except ArtifactError as exc:
+            failure = ("artifact", str(exc))
+        except ModelValidationError as exc:
+            failure = (exc.reason, exc.message)
+        except RegistryError as exc:  # e.g. the version was deleted between resolve and load
+            failure = ("not_found", str(exc))
+        except Exception as exc:
+            logger.exception("%s v%s could not be prepared", entry.name, version)
+            failure = ("warm_up", f"unexpected error while preparing: {type(exc).__name__}")
+        self._refuse(entry, version, *failure)
+        return None
 
-        A registry that was briefly unreachable at start-up, or an alias set only after the server started,
-        then brings the service up without a restart.
-        """
-        while not stop.wait(interval_seconds):
-            missing = [slot for slot in self._served if self._store.peek(slot) is None]
-            if not missing:
+    def _refuse(self, entry: WatchedModel, version: str, reason: str, message: str) -> None:
+        slot = entry.spec.slot
+        previous = self._failures.get(slot)
+        if previous is not None and (previous.version, previous.reason) == (version, reason):
+            return
+        self._failures[slot] = LoadFailure(version=version, reason=reason, message=message, failed_at=datetime.now(UTC))
+        self._metrics.load_failures.labels(entry.spec.service_name, reason).inc()
+        served = self._store.peek(slot)
+        keeping = (
+            f"; still serving version {served.champion.description.ref.version}"
+            if served is not None
+            else "; nothing to serve"
+        )
+        logger.error("%s model not loaded (%s): %s%s", slot, reason, message, keeping)
+
+    def _registry_reached(self, reachable: bool, error: Exception | None = None) -> None:
+        if reachable == self._registry_up:
+            return
+        if not reachable:
+            logger.warning("model registry unreachable (%s); serving what is loaded until it returns", error)
+        elif self._registry_up is not None:
+            logger.info("model registry reachable again")
+        self._registry_up = reachable
+        self._metrics.registry_up.set(1 if reachable else 0)
+
+    def start(self, poll_seconds: float) -> None:
+        """Follow the aliases in a background thread: every ``poll_seconds`` (0: only when nudged)."""
+        self._thread = threading.Thread(target=self._follow, args=(poll_seconds,), name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """Look at the aliases now (after an alias was moved through this server)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _follow(self, poll_seconds: float) -> None:
+        while True:
+            self._wake.wait(poll_seconds if poll_seconds > 0 else None)
+            self._wake.clear()
+            if self._stopping.is_set():
                 return
-            for slot in missing:
-                self.load(slot)
+            for slot in self._watched:
+                try:
+                    self.sync(slot)
+                except Exception:
+                    logger.exception("following the %s alias failed; trying again at the next poll", slot)

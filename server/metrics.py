@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from server.domain import LoadedModel, ModelVersionRef
+from server.domain import Deployment, ModelVersionRef
 
 # Sub-millisecond resolution: a linear model answers in ~0.2 ms, a forest in several ms.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -68,8 +68,20 @@ class ModelMetrics:
         )
         self.load_failures = Counter(
             "model_load_failures_total",
-            "Attempts to load a service's model that failed.",
+            "Versions a service refused to serve, by reason (registry_unavailable, not_found, artifact, signature, "
+            "classes, warm_up, output); each refused version is counted once.",
+            ["service", "reason"],
+            registry=registry,
+        )
+        self.swaps = Counter(
+            "model_swaps_total",
+            "Times a service started answering with another version without a restart (hot reloads).",
             ["service"],
+            registry=registry,
+        )
+        self.registry_up = Gauge(
+            "model_registry_up",
+            "1 when the server's last request to the model registry succeeded, 0 while it cannot be reached.",
             registry=registry,
         )
 
@@ -85,13 +97,15 @@ class ModelMetrics:
             batch_size=self.batch_size.labels(model=ref.name),
         )
 
-    def model_changed(self, service: str, old: LoadedModel | None, new: LoadedModel | None) -> None:
+    def deployment_changed(self, service: str, old: Deployment | None, new: Deployment | None) -> None:
         if old is not None:
-            ref = old.description.ref
+            ref = old.champion.description.ref
             self.loaded.remove(service, ref.name, ref.version, ref.alias, ref.run_id)
         if new is not None:
-            ref = new.description.ref
+            ref = new.champion.description.ref
             self.loaded.labels(service, ref.name, ref.version, ref.alias, ref.run_id).set(1)
-            self.loaded_at.labels(service).set(new.description.loaded_at.timestamp())
+            self.loaded_at.labels(service).set(new.champion.description.loaded_at.timestamp())
+            if old is not None and old.champion is not new.champion:
+                self.swaps.labels(service).inc()
         else:
             self.loaded_at.remove(service)

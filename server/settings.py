@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,10 +52,34 @@ class ServerSettings(BaseSettings):
         description="Batches of at least this many rows predict with every core; smaller ones with one "
         "thread, which is faster for them and leaves the other cores to concurrent calls.",
     )
-    load_retry_seconds: float = Field(
-        30.0,
+    model_poll_seconds: float = Field(
+        10.0,
         ge=0,
-        description="A service whose model failed to load retries this often until it loads; 0 never retries.",
+        description="How often the server re-reads every alias it serves and hot-reloads a version that moved "
+        "(a service whose model failed to load retries then too); 0 only at start-up and after its own admin calls.",
+    )
+    registry_timeout_seconds: float = Field(
+        5.0, gt=0, description="Timeout of one request to an MLflow tracking server (http:// registries)."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the admin service (prediction.v1.ModelAdmin, the bridge's admin routes) requires. "
+        "Unset: every admin call is refused with PERMISSION_DENIED, unless admin_dev_mode is on.",
+    )
+    admin_dev_mode: bool = Field(
+        False,
+        description="Local development only: with no admin token set, accept every admin call (logged loudly at "
+        "start-up). `make run` uses it.",
+    )
+    state_dir: Path = Field(
+        Path("state"),
+        description="Where the server keeps what must survive a restart: retrain operations and their output.",
+    )
+    retrain_niceness: int = Field(
+        10, ge=0, le=19, description="CPU niceness of retrain child processes, so that serving keeps its latency."
+    )
+    retrain_openmp_threads: int = Field(
+        1, ge=1, description="OpenMP threads a retrain child may use (the other cores stay with serving)."
     )
     max_concurrent_predictions: int = Field(
         0,
@@ -72,6 +96,18 @@ class ServerSettings(BaseSettings):
     access_log: bool = Field(
         True, description="Log one line per RPC (method, status, duration, x-request-id), off the request thread."
     )
+
+    retrain_workdir: Path = Field(
+        Path(),
+        description="Working directory of retrain children: where `python -m training` finds data/ and keeps "
+        "mlartifacts/ (the directory the server was started in, by default).",
+    )
+
+    @field_validator("state_dir", "retrain_workdir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        # Retrain children run in their own working directory; every path they are given must be absolute.
+        return path.absolute()
 
     @field_validator("log_level")
     @classmethod

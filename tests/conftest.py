@@ -27,8 +27,10 @@ def offline_data_home() -> Path:
 
 
 # Imported after the environment is set: MLflow reads it on import.
+import mlflow  # noqa: E402
+
+from model_registry.mlflow import MlflowRegistry  # noqa: E402
 from server.app import PredictionServer  # noqa: E402
-from server.registry import MlflowModelRegistry  # noqa: E402
 from training.pipeline import train_housing, train_iris  # noqa: E402
 from training.settings import TrainingSettings  # noqa: E402
 
@@ -52,11 +54,17 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory, offline_data_home
     )
     train_housing(settings)
     train_iris(settings)
+    # Training points mlflow's process-wide URIs at this registry and exports them as MLFLOW_TRACKING_URI and
+    # MLFLOW_REGISTRY_URI; left there, every later settings object of the session would read them.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None restores the default, as documented
+    mlflow.set_registry_uri(None)  # type: ignore[arg-type]
     return settings
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(trained_registry: TrainingSettings) -> Iterator[PredictionServer]:
     """One server over the trained registry, shared by the tests that only read from it."""
-    with running_server(MlflowModelRegistry(trained_registry.mlflow_tracking_uri)) as server:
+    with running_server(MlflowRegistry(trained_registry.mlflow_tracking_uri)) as server:
         yield server

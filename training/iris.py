@@ -1,5 +1,6 @@
 """Iris classifier: standardised logistic regression, gated on cross-validated and held-out accuracy."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from sklearn.base import BaseEstimator
@@ -11,8 +12,9 @@ from sklearn.preprocessing import StandardScaler
 
 from data.schema import IRIS_FEATURES, IRIS_SPECIES, IRIS_TARGET
 from training.gate import Criterion, Floor, GateRules
+from training.hyperparameters import IRIS, validate_overrides
 from training.settings import TrainingSettings
-from training.spec import FloatArray, ModelSpec, Target
+from training.spec import FloatArray, ModelSpec, Target, logged
 
 CV_FOLDS = 5
 MAX_ITER = 1000
@@ -20,8 +22,12 @@ MAX_ITER = 1000
 REGULARIZATION_C = 10.0
 
 
-def iris_spec(settings: TrainingSettings) -> ModelSpec:
+def iris_spec(settings: TrainingSettings, overrides: Mapping[str, float] | None = None) -> ModelSpec:
+    """The iris model; ``overrides`` (see ``training.hyperparameters.IRIS``) replace the classifier's defaults."""
     seed = settings.random_seed
+    chosen = validate_overrides("iris", overrides or {})
+    classifier = LogisticRegression(random_state=seed, **({"C": REGULARIZATION_C, "max_iter": MAX_ITER} | chosen))
+    fitted_with = classifier.get_params()
 
     def cross_validate(estimator: BaseEstimator, x: FloatArray, y: Target) -> dict[str, float]:
         folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
@@ -35,18 +41,13 @@ def iris_spec(settings: TrainingSettings) -> ModelSpec:
         target=IRIS_TARGET,
         target_type="long",
         class_names=IRIS_SPECIES,
-        estimator=Pipeline(
-            [
-                ("scaler", StandardScaler()),
-                ("classifier", LogisticRegression(C=REGULARIZATION_C, max_iter=MAX_ITER, random_state=seed)),
-            ]
-        ),
+        estimator=Pipeline([("scaler", StandardScaler()), ("classifier", classifier)]),
         params={
             "estimator": "StandardScaler+LogisticRegression",
-            "C": REGULARIZATION_C,
-            "max_iter": MAX_ITER,
+            **{name: logged(fitted_with[name]) for name in IRIS},
             "cv_folds": CV_FOLDS,
         },
+        overrides=chosen,
         stratify=True,
         score=score_iris,
         cross_validate=cross_validate,

@@ -4,6 +4,7 @@ Each ``train_*`` call logs one MLflow run, registers one new model version and m
 to it only when the champion gate says so (see ``training.gate``).
 """
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -13,37 +14,20 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow import MlflowClient
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from data.raw import RawDatasets, load_housing, load_iris_raw, sha256_of, write_housing_csv, write_iris_csv
+from model_registry import AliasConflictError, ModelRegistry
 from training import registry
-from training.gate import ChampionScore, decide
+from training.gate import ChampionScore, GateDecision, decide
 from training.housing import housing_spec
 from training.iris import iris_spec
+from training.outcome import TrainingOutcome
 from training.settings import TrainingSettings
 from training.spec import FloatArray, ModelSpec, Target
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingOutcome:
-    model_name: str
-    version: int
-    run_id: str
-    metrics: Mapping[str, float]
-    """The candidate's quality metrics (the ones the gate reads)."""
-    promoted: bool
-    """Whether ``alias`` now points at ``version``."""
-    reason: str
-    alias: str
-
-    def summary(self) -> str:
-        metrics = " ".join(f"{name}={value:.4f}" for name, value in self.metrics.items())
-        verdict = f"promoted to @{self.alias}" if self.promoted else f"not promoted to @{self.alias}"
-        return f"{self.model_name} v{self.version}: {metrics}; {verdict}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -55,35 +39,42 @@ class Split:
     rows_available: int
 
 
-def train_housing(settings: TrainingSettings) -> TrainingOutcome:
-    """Train, log and register the housing regressor; writes the raw CSV first if it is missing."""
+def train_housing(settings: TrainingSettings, overrides: Mapping[str, float] | None = None) -> TrainingOutcome:
+    """Train, log and register the housing regressor; writes the raw CSV first if it is missing.
+
+    ``overrides`` replace hyperparameters (``training.hyperparameters.HOUSING``); bad ones raise
+    ``HyperparameterError`` before anything is read or logged.
+    """
+    spec = housing_spec(settings, overrides)
     path = ensure_housing_csv(settings)
     x, y = load_housing(path)
-    return train_model(housing_spec(settings), x, y, path, settings)
+    return train_model(spec, x, y, path, settings)
 
 
-def train_iris(settings: TrainingSettings) -> TrainingOutcome:
-    """Train, log and register the iris classifier; writes the raw CSV first if it is missing."""
+def train_iris(settings: TrainingSettings, overrides: Mapping[str, float] | None = None) -> TrainingOutcome:
+    """Train, log and register the iris classifier; writes the raw CSV first if it is missing.
+
+    ``overrides`` replace hyperparameters (``training.hyperparameters.IRIS``).
+    """
+    spec = iris_spec(settings, overrides)
     path = ensure_iris_csv(settings)
     x, y = load_iris_raw(path)
-    return train_model(iris_spec(settings), x, y, path, settings)
+    return train_model(spec, x, y, path, settings)
 
 
+Trainer = Callable[[TrainingSettings, Mapping[str, float] | None], TrainingOutcome]
 SPECS: Mapping[str, Callable[[TrainingSettings], ModelSpec]] = {"housing": housing_spec, "iris": iris_spec}
-TRAINERS: Mapping[str, Callable[[TrainingSettings], TrainingOutcome]] = {
-    "housing": train_housing,
-    "iris": train_iris,
-}
+TRAINERS: Mapping[str, Trainer] = {"housing": train_housing, "iris": train_iris}
 
 
 def train_all(settings: TrainingSettings) -> list[TrainingOutcome]:
-    return [train(settings) for train in TRAINERS.values()]
+    return [train(settings, None) for train in TRAINERS.values()]
 
 
 def served_version(settings: TrainingSettings, model: str) -> tuple[str, int | None]:
     """The registered name of ``model`` (a ``TRAINERS`` key) and the version holding the settings' alias."""
     name = SPECS[model](settings).model_name
-    return name, registry.champion_version(registry.connect(settings), name, settings.alias)
+    return name, registry.champion_version(registry.adapter(settings), name, settings.alias)
 
 
 def ensure_housing_csv(settings: TrainingSettings) -> Path:
@@ -107,10 +98,13 @@ def train_model(
 ) -> TrainingOutcome:
     """Fit ``spec.estimator`` on ``x``/``y``, log and register it, and apply the champion gate."""
     client = registry.connect(settings)
+    models = registry.adapter(settings)
     experiment_id = registry.experiment_id(client, spec.experiment_name, settings)
     split = split_rows(x, y, spec, settings)
     with mlflow.start_run(experiment_id=experiment_id, run_name=spec.kind) as run:
         mlflow.set_tags({"model_kind": spec.kind, "registered_model_name": spec.model_name})
+        if spec.overrides:
+            mlflow.set_tag("hyperparameter_overrides", json.dumps(dict(spec.overrides), sort_keys=True))
         mlflow.log_params(
             {
                 **spec.params,
@@ -140,21 +134,25 @@ def train_model(
         # the champion's scores on the same rows go into the decision's reason.
         mlflow.log_metrics({**metrics, "fit_seconds": fit_seconds})
 
-        champion = _score_champion(client, spec, settings.alias, split)
+        champion = _score_champion(models, spec, settings.alias, split)
         decision = decide(metrics, champion, spec.rules)
         version = registry.log_and_register(model, spec, split.x_train[0])
+        version_tags: dict[str, str] = {"model_kind": spec.kind}
+        if spec.class_names:
+            version_tags["class_names"] = ",".join(spec.class_names)
+        # Tagged before the alias moves: a server that loads the new champion at once finds its class names.
+        registry.tag_version(models, spec.model_name, version, version_tags | decision.tags)
+        if decision.promoted:
+            decision = _promote(
+                models, spec.model_name, settings.alias, version=version, champion=champion, decision=decision
+            )
         gate_tags = decision.tags
         if champion is not None:
             gate_tags["champion_gate_compared_version"] = str(champion.version)
         mlflow.set_tags(gate_tags)
-        version_tags: dict[str, str] = {"model_kind": spec.kind}
-        if spec.class_names:
-            version_tags["class_names"] = ",".join(spec.class_names)
-        registry.record_decision(
-            client, spec.model_name, version, decision=decision, alias=settings.alias, tags=version_tags
-        )
         logger.info("%s v%d %s: %s", spec.model_name, version, decision.label, decision.reason)
     return TrainingOutcome(
+        kind=spec.kind,
         model_name=spec.model_name,
         version=version,
         run_id=run.info.run_id,
@@ -162,7 +160,33 @@ def train_model(
         promoted=decision.promoted,
         reason=decision.reason,
         alias=settings.alias,
+        champion_version=None if champion is None else champion.version,
+        champion_metrics={} if champion is None else dict(champion.metrics),
     )
+
+
+def _promote(
+    models: ModelRegistry,
+    name: str,
+    alias: str,
+    *,
+    version: int,
+    champion: ChampionScore | None,
+    decision: GateDecision,
+) -> GateDecision:
+    """Move the alias from the champion the candidate beat; the refusal, when another writer moved it meanwhile."""
+    compared = None if champion is None else champion.version
+    try:
+        registry.promote(models, name, alias, version, expected=compared)
+    except AliasConflictError as exc:
+        was = "there was none" if compared is None else f"it was v{compared}"
+        moved = "was removed" if exc.current is None else f"moved to v{exc.current}"
+        refused = GateDecision(
+            False, f"the champion {moved} during training ({was} when compared); not promoted: {decision.reason}"
+        )
+        registry.tag_version(models, name, version, refused.tags)
+        return refused
+    return decision
 
 
 def split_rows(x: FloatArray, y: Target, spec: ModelSpec, settings: TrainingSettings) -> Split:
@@ -181,11 +205,11 @@ def split_rows(x: FloatArray, y: Target, spec: ModelSpec, settings: TrainingSett
     return Split(x_train, x_test, y_train, y_test, rows_available)
 
 
-def _score_champion(client: MlflowClient, spec: ModelSpec, alias: str, split: Split) -> ChampionScore | None:
-    version = registry.champion_version(client, spec.model_name, alias)
+def _score_champion(models: ModelRegistry, spec: ModelSpec, alias: str, split: Split) -> ChampionScore | None:
+    version = registry.champion_version(models, spec.model_name, alias)
     if version is None:
         return None
-    champion = registry.load_version(spec.model_name, version)
+    champion = registry.load_version(models, spec.model_name, version)
     return ChampionScore(version=version, metrics=spec.score(champion, split.x_test, split.y_test))
 
 

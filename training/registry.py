@@ -1,4 +1,9 @@
-"""MLflow plumbing of the training flow: experiments, the current champion, logging and registering a model."""
+"""Registry plumbing of the training flow.
+
+Experiments, runs and logging a model are MLflow's own API; reading the champion, loading it, tagging versions and
+moving the alias go through the shared adapter (``model_registry``), so training and the server agree on what
+"no champion yet" and "the registry is down" mean, and every alias move keeps the champion history.
+"""
 
 import warnings
 from collections.abc import Mapping
@@ -9,26 +14,29 @@ import mlflow.sklearn
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types import ColSpec, Schema
 
-from training.gate import GateDecision
+from model_registry import AliasNotFoundError, ModelNotFoundError, ModelRegistry
+from model_registry.history import move_alias
+from model_registry.mlflow import MlflowRegistry
 from training.settings import TrainingSettings
 from training.spec import FloatArray, ModelSpec
 
-_NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
-
 
 def connect(settings: TrainingSettings) -> MlflowClient:
-    """A client on the settings' store, with mlflow's process-wide URIs pointed at it too.
+    """A tracking client on the settings' stores, with mlflow's process-wide URIs pointed at them too.
 
-    ``mlflow.sklearn.log_model`` and ``load_model`` only use the process-wide URIs (mlflow also exports
-    them as ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into ``os.environ``).
+    ``mlflow.sklearn.log_model`` registers through the process-wide registry URI only (mlflow also exports both
+    URIs as ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into ``os.environ``).
     """
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.registry_uri)
+
+
+def adapter(settings: TrainingSettings) -> MlflowRegistry:
+    """The shared registry adapter on the settings' stores."""
+    return MlflowRegistry(settings.mlflow_tracking_uri, settings.registry_uri)
 
 
 def experiment_id(client: MlflowClient, name: str, settings: TrainingSettings) -> str:
@@ -40,21 +48,20 @@ def experiment_id(client: MlflowClient, name: str, settings: TrainingSettings) -
     return str(client.create_experiment(name, artifact_location=location))
 
 
-def champion_version(client: MlflowClient, model_name: str, alias: str) -> int | None:
-    """The version that holds ``alias``, or None when the model or the alias does not exist yet."""
+def champion_version(registry: ModelRegistry, model_name: str, alias: str) -> int | None:
+    """The version that holds ``alias``, or None when the model or the alias does not exist yet.
+
+    ``RegistryUnavailableError`` propagates: an unreachable registry is not "no champion".
+    """
     try:
-        aliases = client.get_registered_model(model_name).aliases
-    except MlflowException as exc:
-        if exc.error_code == _NOT_FOUND:
-            return None
-        raise
-    version = aliases.get(alias)
-    return None if version is None else int(version)
+        return int(registry.resolve(model_name, alias).version)
+    except (AliasNotFoundError, ModelNotFoundError):
+        return None
 
 
-def load_version(model_name: str, version: int) -> Any:
+def load_version(registry: ModelRegistry, model_name: str, version: int) -> Any:
     """The estimator of one registered version, loaded exactly as the server loads it."""
-    return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+    return registry.load(model_name, str(version)).estimator
 
 
 def log_and_register(model: Any, spec: ModelSpec, x_example: FloatArray) -> int:
@@ -86,11 +93,14 @@ def log_and_register(model: Any, spec: ModelSpec, x_example: FloatArray) -> int:
     return int(info.registered_model_version)
 
 
-def record_decision(
-    client: MlflowClient, model_name: str, version: int, *, decision: GateDecision, alias: str, tags: Mapping[str, str]
-) -> None:
-    """Tag the new version (``tags`` and the gate's decision) and, if promoted, move the alias to it."""
-    for key, value in {**tags, **decision.tags}.items():
-        client.set_model_version_tag(model_name, str(version), key, value)
-    if decision.promoted:
-        client.set_registered_model_alias(model_name, alias, str(version))
+def tag_version(registry: ModelRegistry, model_name: str, version: int, tags: Mapping[str, str]) -> None:
+    for key, value in tags.items():
+        registry.set_version_tag(model_name, str(version), key, value)
+
+
+def promote(registry: ModelRegistry, model_name: str, alias: str, version: int, *, expected: int | None) -> None:
+    """Move ``alias`` to ``version`` if it still holds ``expected`` (None: unset), recording the version it leaves.
+
+    Raises ``AliasConflictError``, and moves nothing, when another writer moved the alias meanwhile.
+    """
+    move_alias(registry, model_name, alias, str(version), expected=None if expected is None else str(expected))

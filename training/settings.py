@@ -6,6 +6,9 @@ from urllib.parse import urlparse
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_MAX_ROWS = 20
+"""The smallest ``max_rows``: fewer rows leave too little to split, cross-validate and score."""
+
 
 def _default_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -20,8 +23,14 @@ class TrainingSettings(BaseSettings):
         default_factory=_default_tracking_uri,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "TRAINING_MLFLOW_TRACKING_URI"),
     )
-    """MLflow tracking and registry store: ``sqlite:///...`` for a local registry (the default,
-    ``./mlflow.db`` in the working directory) or ``http://host:5000`` for an ``mlflow server``."""
+    """MLflow tracking store (and registry, unless ``mlflow_registry_uri`` is set): ``sqlite:///...`` for a local
+    store (the default, ``./mlflow.db`` in the working directory) or ``http://host:5000`` for an ``mlflow server``."""
+
+    mlflow_registry_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_REGISTRY_URI", "TRAINING_MLFLOW_REGISTRY_URI")
+    )
+    """MLflow model registry, when it is not the tracking store: where versions are registered and the alias
+    moves (the registry the server loads from). None uses ``mlflow_tracking_uri``."""
 
     artifact_root: Path = Field(default_factory=lambda: Path.cwd() / "mlartifacts")
     """Where new experiments keep their artifacts when the tracking store is local (sqlite or file).
@@ -57,7 +66,7 @@ class TrainingSettings(BaseSettings):
     test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Fraction of the rows held out for the metrics and the champion comparison."""
 
-    max_rows: int | None = Field(default=None, ge=20)
+    max_rows: int | None = Field(default=None, ge=MIN_MAX_ROWS)
     """Train on a random subset of at most this many rows (quick runs and tests); None uses all rows."""
 
     housing_max_iter: int = Field(default=300, ge=1)
@@ -75,6 +84,11 @@ class TrainingSettings(BaseSettings):
         # MLflow stores artifact locations as absolute URIs; relative paths would depend on the cwd of
         # whichever process reads them later.
         return None if path is None else path.absolute()
+
+    @property
+    def registry_uri(self) -> str:
+        """Where models are registered and aliases moved."""
+        return self.mlflow_registry_uri or self.mlflow_tracking_uri
 
     @property
     def tracking_store_is_local(self) -> bool:

@@ -1,7 +1,7 @@
 """What the shared training flow needs to know about one model: estimator, metrics, gate rules."""
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +28,7 @@ class ModelSpec:
     estimator: BaseEstimator
     """Unfitted; the flow fits a clone."""
     params: Mapping[str, str | int | float]
-    """Hyperparameters logged with the run."""
+    """Hyperparameters logged with the run: every overridable one with the value the estimator was built with."""
     stratify: bool
     score: Scorer
     """Held-out metrics of a fitted model; applied to the candidate and to the champion on the same split."""
@@ -37,3 +37,10 @@ class ModelSpec:
     rules: GateRules
     skops_trusted_types: tuple[str, ...]
     """Classes skops must trust to load the model; recorded in the MLmodel file so loading needs no arguments."""
+    overrides: Mapping[str, int | float] = field(default_factory=dict)
+    """The validated hyperparameter overrides the estimator was built with (``training.hyperparameters``)."""
+
+
+def logged(value: object) -> str | int | float:
+    """An estimator argument as a run parameter: numbers as they are, anything else (None) as text."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else str(value)

@@ -1,14 +1,19 @@
 """Fixtures of the bridge tests: the bridge in-process over httpx, real gRPC servers on 127.0.0.1 port 0."""
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
+from pydantic import TypeAdapter
 
 from rest_bridge.app import create_app
 from rest_bridge.settings import BridgeSettings
@@ -36,6 +41,62 @@ def proto_json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+
+
+_DATETIME = TypeAdapter(datetime)
+
+
+def enum_prefix(enum: EnumDescriptor) -> str:
+    """The prefix of an enum's value names: IrisSpecies -> IRIS_SPECIES_."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+
+
+def _rest_value(field: Any, value: Any) -> Any:
+    if field.message_type is not None:
+        if field.message_type.full_name == "google.protobuf.Timestamp":
+            return _DATETIME.dump_python(value.ToDatetime(tzinfo=UTC), mode="json")
+        return rest_json(value)
+    if field.enum_type is not None:
+        if value == 0:
+            return None
+        return field.enum_type.values_by_number[value].name.removeprefix(enum_prefix(field.enum_type)).lower()
+    return value
+
+
+def rest_json(message: Message) -> dict[str, Any]:
+    """What the bridge must answer for ``message``, derived from the descriptors alone: every field under its proto
+    name, with the differences the bridge documents (enums as lower-case names without their prefix, the zero value
+    as null; an unset optional field or message as null; a Timestamp as an RFC 3339 string)."""
+    result: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name["value"]
+            result[field.name] = {key: _rest_value(entry, each) for key, each in value.items()}
+        elif field.is_repeated:
+            result[field.name] = [_rest_value(field, each) for each in value]
+        elif field.has_presence and not message.HasField(field.name):
+            result[field.name] = None
+        else:
+            result[field.name] = _rest_value(field, value)
+    return result
+
+
+# A training child that trains nothing and fails at once.
+FAILING_TRAINING = "import sys\nprint('fake training: nothing trained')\nsys.exit(3)\n"
+
+
+def fake_training(workdir: Path, script: str = FAILING_TRAINING) -> Path:
+    """``workdir`` as a retrain working directory whose ``python -m training`` runs ``script`` instead.
+
+    The server starts retrain children as ``python -m training`` in its ``retrain_workdir``, and ``-m`` looks in
+    the working directory first: a server given this directory cannot start real training, whatever it is sent.
+    """
+    package = workdir / "training"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(script)
+    return workdir
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """A real gRPC server whose behaviour each request chooses through its ``x-request-id``.
 
-The bridge forwards only the request id as metadata, so the id is the script:
+The bridge forwards only the request id (and, on admin calls, the client's Authorization) as metadata, so
+the id is the script:
 
 | x-request-id | the servicer |
 | --- | --- |
@@ -9,7 +10,9 @@ The bridge forwards only the request id as metadata, so the id is the script:
 | ``hold-<name>`` | waits (up to 10 s) until the call ends, recording whether it ended by cancellation |
 | anything else | answers at once |
 
-Every call's metadata is recorded, so tests can prove what reached the server.
+Every call's metadata and request message are recorded, so tests can prove what reached the server. After its
+script, an admin call (``ModelAdmin``) needs ``authorization: Bearer scripted-token`` (else UNAUTHENTICATED),
+then answers with every field of its message set (``Retrain`` echoes its request in a QUEUED operation).
 """
 
 import threading
@@ -20,14 +23,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
+from protos.prediction.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    housing_pb2,
+    housing_pb2_grpc,
+    iris_pb2,
+    iris_pb2_grpc,
+    model_pb2,
+)
 from server.errors import FieldViolation, InvalidInputError
 from server.grpc_errors import rich_status
 
 HOLD_SECONDS = 10.0
+SCRIPTED_AUTHORIZATION = "Bearer scripted-token"
+OPERATION_ID = "0123456789abcdef0123456789abcdef"
 VIOLATIONS = (
     FieldViolation("instances[1].latitude", "must be at least 32 and at most 42.5, got 50"),
     FieldViolation("instances[2].longitude", "is required but was not set"),
@@ -39,6 +53,7 @@ class Script:
     """What the scripted servicers saw; shared by both services of one server."""
 
     metadata: list[dict[str, str]] = field(default_factory=list)
+    requests: list[Message] = field(default_factory=list)
     started: dict[str, threading.Event] = field(default_factory=dict)
     cancelled: dict[str, threading.Event] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -47,10 +62,12 @@ class Script:
         with self.lock:
             return table.setdefault(name, threading.Event())
 
-    def run(self, context: grpc.ServicerContext) -> None:
+    def run(self, context: grpc.ServicerContext, request: Message | None = None) -> None:
         metadata = {key: str(value) for key, value in context.invocation_metadata()}
         with self.lock:
             self.metadata.append(metadata)
+            if request is not None:
+                self.requests.append(request)
         request_id = metadata.get("x-request-id", "")
         action, _, argument = request_id.partition("-")
         if action == "abort":
@@ -76,9 +93,9 @@ def _version(name: str) -> model_pb2.ModelVersion:
     return model_pb2.ModelVersion(name=name, version="7", alias="champion", run_id="run-7")
 
 
-def _info(name: str) -> model_pb2.ModelInfo:
+def model_info(name: str) -> model_pb2.ModelInfo:
     loaded_at = Timestamp(seconds=1_700_000_000)
-    return model_pb2.ModelInfo(
+    info = model_pb2.ModelInfo(
         model=_version(name),
         model_uri=f"models:/{name}/7",
         estimator="sklearn.pipeline.Pipeline",
@@ -86,7 +103,15 @@ def _info(name: str) -> model_pb2.ModelInfo:
         training_metrics={"score": 0.9},
         features=[model_pb2.FeatureSpec(name="x", unit="cm", minimum=0, maximum=1)],
         max_batch_size=10,
+        registry_reachable=name == "Housing",
     )
+    if name == "Iris":  # one service with a refused version, one without
+        info.last_load_failure.CopyFrom(
+            model_pb2.LoadFailure(
+                version="8", reason="warm_up", message="v8 answered NaN", failed_at=Timestamp(seconds=1_700_000_100)
+            )
+        )
+    return info
 
 
 class ScriptedHousing(housing_pb2_grpc.HousingPredictorServicer):
@@ -108,7 +133,7 @@ class ScriptedHousing(housing_pb2_grpc.HousingPredictorServicer):
 
     def GetModelInfo(self, request: Any, context: grpc.ServicerContext) -> model_pb2.ModelInfo:  # noqa: N802
         self.script.run(context)
-        return _info("Housing")
+        return model_info("Housing")
 
 
 def _classification() -> dict[str, Any]:
@@ -137,7 +162,95 @@ class ScriptedIris(iris_pb2_grpc.IrisClassifierServicer):
 
     def GetModelInfo(self, request: Any, context: grpc.ServicerContext) -> model_pb2.ModelInfo:  # noqa: N802
         self.script.run(context)
-        return _info("Iris")
+        return model_info("Iris")
+
+
+def finished_operation() -> admin_pb2.Operation:
+    """An operation with every field set."""
+    return admin_pb2.Operation(
+        id=OPERATION_ID,
+        model="housing",
+        state=admin_pb2.OPERATION_STATE_SUCCEEDED,
+        hyperparameters={"max_iter": 200.0, "learning_rate": 0.05},
+        max_rows=5000,
+        trigger="manual",
+        created_at=Timestamp(seconds=1_700_000_000, nanos=500_000_000),
+        started_at=Timestamp(seconds=1_700_000_001),
+        finished_at=Timestamp(seconds=1_700_000_061, nanos=123_456_000),
+        candidate_metrics={"rmse": 0.44, "mae": 0.29, "r2": 0.85},
+        champion_metrics={"rmse": 0.46, "mae": 0.3, "r2": 0.84},
+        champion_version="3",
+        registered_version="4",
+        decision=admin_pb2.GATE_DECISION_PROMOTED,
+        decision_reason="rmse 0.44 <= champion's 0.46",
+        failure_reason="",
+    )
+
+
+def registered_versions(name: str) -> admin_pb2.ListModelVersionsResponse:
+    return admin_pb2.ListModelVersionsResponse(
+        name=name,
+        versions=[
+            admin_pb2.RegisteredVersion(
+                version="4",
+                aliases=["champion", "latest-good"],
+                metrics={"rmse": 0.44},
+                created_at=Timestamp(seconds=1_700_000_061),
+                run_id="run-4",
+                gate_decision="promoted",
+                gate_reason="rmse 0.44 <= champion's 0.46",
+                serving=True,
+            ),
+            admin_pb2.RegisteredVersion(version="3", created_at=Timestamp(seconds=1_600_000_000)),
+        ],
+    )
+
+
+class ScriptedAdmin(admin_pb2_grpc.ModelAdminServicer):
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    def _run(self, request: Message, context: grpc.ServicerContext) -> None:
+        self.script.run(context, request)
+        if dict(context.invocation_metadata()).get("authorization") != SCRIPTED_AUTHORIZATION:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "scripted: the admin token is not valid")
+
+    def Retrain(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.Operation:  # noqa: N802
+        self._run(request, context)
+        operation = admin_pb2.Operation(
+            id=OPERATION_ID,
+            model=request.model,
+            state=admin_pb2.OPERATION_STATE_QUEUED,
+            hyperparameters=request.hyperparameters,
+            trigger="manual",
+            created_at=Timestamp(seconds=1_700_000_000),
+        )
+        if request.HasField("max_rows"):
+            operation.max_rows = request.max_rows
+        return operation
+
+    def GetOperation(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.Operation:  # noqa: N802
+        self._run(request, context)
+        return finished_operation()
+
+    def ListOperations(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ListOperationsResponse:  # noqa: N802
+        self._run(request, context)
+        return admin_pb2.ListOperationsResponse(operations=[finished_operation()])
+
+    def ListModelVersions(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ListModelVersionsResponse:  # noqa: N802
+        self._run(request, context)
+        return registered_versions(request.model)
+
+    def SetAlias(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.AliasChange:  # noqa: N802
+        self._run(request, context)
+        previous = request.expected_version if request.HasField("expected_version") else "3"
+        return admin_pb2.AliasChange(
+            name=request.model, alias=request.alias, version=request.version, previous_version=previous
+        )
+
+    def Rollback(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.AliasChange:  # noqa: N802
+        self._run(request, context)
+        return admin_pb2.AliasChange(name=request.model, alias="champion", version="3", previous_version="4")
 
 
 @dataclass
@@ -153,11 +266,12 @@ class ScriptedServer:
 
 @contextmanager
 def scripted_server() -> Iterator[ScriptedServer]:
-    """Both services and health (SERVING) on 127.0.0.1, a free port."""
+    """Both prediction services, admin and health (SERVING) on 127.0.0.1, a free port."""
     script = Script()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
     housing_pb2_grpc.add_HousingPredictorServicer_to_server(ScriptedHousing(script), server)
     iris_pb2_grpc.add_IrisClassifierServicer_to_server(ScriptedIris(script), server)
+    admin_pb2_grpc.add_ModelAdminServicer_to_server(ScriptedAdmin(script), server)
     health_servicer = health.HealthServicer()
     for service in ("", "prediction.v1.HousingPredictor", "prediction.v1.IrisClassifier"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

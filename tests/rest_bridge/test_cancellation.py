@@ -17,7 +17,7 @@ from rest_bridge.settings import BridgeSettings
 from rest_bridge.upstream import cancel_on_disconnect
 
 from .conftest import IRIS
-from .scripted_server import ScriptedServer
+from .scripted_server import SCRIPTED_AUTHORIZATION, ScriptedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -47,24 +47,43 @@ async def _wait(event_of: object, timeout: float) -> bool:
     return await anyio.to_thread.run_sync(lambda: event_of.wait(timeout))  # type: ignore[attr-defined]
 
 
-async def test_a_disconnected_client_cancels_the_grpc_call(scripted: ScriptedServer):
+IRIS_BODY = json.dumps(IRIS).encode()
+# (request line and headers before the script, body, route label, gRPC method): a prediction and an admin call.
+DISCONNECTING = [
+    (
+        b"POST /predict/iris HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(IRIS_BODY),
+        IRIS_BODY,
+        "/predict/iris",
+        "prediction.v1.IrisClassifier/Classify",
+    ),
+    (
+        b"GET /models/iris/versions HTTP/1.1\r\nauthorization: " + SCRIPTED_AUTHORIZATION.encode() + b"\r\n",
+        b"",
+        "/models/{model}/versions",
+        "prediction.v1.ModelAdmin/ListModelVersions",
+    ),
+]
+
+
+@pytest.mark.parametrize(("head", "body", "route", "grpc_method"), DISCONNECTING, ids=["predict", "admin"])
+async def test_a_disconnected_client_cancels_the_grpc_call(
+    scripted: ScriptedServer, head: bytes, body: bytes, route: str, grpc_method: str
+):
+    name = route.strip("/").replace("/", "-").replace("{", "").replace("}", "")
     async with uvicorn_bridge(scripted.target) as (port, registry):
         _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        body = json.dumps(IRIS).encode()
-        writer.write(
-            b"POST /predict/iris HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/json\r\n"
-            b"x-request-id: hold-disconnect\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        writer.write(head + b"host: bridge\r\nx-request-id: hold-%s\r\n\r\n%s" % (name.encode(), body))
         await writer.drain()
-        assert await _wait(scripted.script.event(scripted.script.started, "disconnect"), 10), "call never arrived"
+        assert await _wait(scripted.script.event(scripted.script.started, name), 10), "call never arrived"
         writer.close()
         await writer.wait_closed()
-        assert await _wait(scripted.script.event(scripted.script.cancelled, "disconnect"), 5), "call not cancelled"
-        labels = {"route": "/predict/iris", "method": "POST", "status": "499"}
+        assert await _wait(scripted.script.event(scripted.script.cancelled, name), 5), "call not cancelled"
+        method = "POST" if head.startswith(b"POST") else "GET"
+        labels = {"route": route, "method": method, "status": "499"}
         with anyio.fail_after(5):
             while registry.get_sample_value("bridge_http_requests_total", labels) != 1:
                 await asyncio.sleep(0.01)
-        code = {"grpc_method": "prediction.v1.IrisClassifier/Classify", "grpc_code": "CANCELLED"}
+        code = {"grpc_method": grpc_method, "grpc_code": "CANCELLED"}
         assert registry.get_sample_value("bridge_upstream_errors_total", code) is None
 
 

@@ -1,14 +1,18 @@
 """Pure conversions between the REST models and the protobuf messages, without a server."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel
 
-from protos.prediction.v1 import housing_pb2, iris_pb2, model_pb2
+from protos.prediction.v1 import admin_pb2, housing_pb2, iris_pb2, model_pb2
 from rest_bridge import converters, schemas
 
-from .conftest import HOUSE, IRIS
+from .conftest import HOUSE, IRIS, rest_json
+from .scripted_server import finished_operation, registered_versions
 
 VERSION = model_pb2.ModelVersion(name="IrisBestModel", version="3", alias="champion", run_id="abc")
 
@@ -93,3 +97,84 @@ def test_model_info():
     assert info.training_metrics == {"accuracy": 0.97}
     assert (info.features[0].name, info.features[0].exclusive_minimum) == ("sepal_length_cm", True)
     assert info.max_batch_size == 1000
+
+
+def test_model_info_carries_the_last_load_failure_and_registry_reachability():
+    failure = model_pb2.LoadFailure(version="4", reason="artifact", message="missing", failed_at=Timestamp(seconds=60))
+    info = converters.model_info_from_proto(model_pb2.ModelInfo(last_load_failure=failure, registry_reachable=True))
+    assert info.model_dump(mode="json")["last_load_failure"] == {
+        "version": "4",
+        "reason": "artifact",
+        "message": "missing",
+        "failed_at": "1970-01-01T00:01:00Z",
+    }
+    assert info.registry_reachable is True
+    healthy = converters.model_info_from_proto(model_pb2.ModelInfo())
+    assert (healthy.last_load_failure, healthy.registry_reachable) == (None, False)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        finished_operation(),
+        admin_pb2.Operation(id="x", model="iris", state=admin_pb2.OPERATION_STATE_QUEUED, created_at=Timestamp()),
+        admin_pb2.ListOperationsResponse(
+            operations=[
+                finished_operation(),
+                admin_pb2.Operation(state=admin_pb2.OPERATION_STATE_RUNNING, created_at=Timestamp(seconds=1)),
+            ]
+        ),
+        registered_versions("IrisBestModel"),
+        admin_pb2.AliasChange(name="IrisBestModel", alias="champion", version="2", previous_version=""),
+        admin_pb2.AliasChange(name="IrisBestModel", alias="champion", version="2", previous_version="1"),
+    ],
+    ids=lambda message: type(message).__name__,
+)
+def test_admin_answers_convert_field_for_field(message):
+    by_type: dict[type, Callable[[Any], BaseModel]] = {
+        admin_pb2.Operation: converters.operation_from_proto,
+        admin_pb2.ListOperationsResponse: converters.operations_from_proto,
+        admin_pb2.ListModelVersionsResponse: converters.model_versions_from_proto,
+        admin_pb2.AliasChange: converters.alias_change_from_proto,
+    }
+    assert by_type[type(message)](message).model_dump(mode="json") == rest_json(message)
+
+
+def test_operation_enums_and_unset_fields():
+    queued = converters.operation_from_proto(admin_pb2.Operation(state=admin_pb2.OPERATION_STATE_QUEUED))
+    assert (queued.state, queued.decision) == (schemas.OperationState.QUEUED, None)
+    assert (queued.max_rows, queued.started_at, queued.finished_at) == (None, None, None)
+    done = converters.operation_from_proto(finished_operation())
+    assert (done.state, done.decision, done.max_rows) == ("succeeded", "promoted", 5000)
+    assert done.model_dump(mode="json")["finished_at"] == "2023-11-14T22:14:21.123456Z"
+    rejected = admin_pb2.Operation(state=admin_pb2.OPERATION_STATE_FAILED, decision=admin_pb2.GATE_DECISION_REJECTED)
+    assert converters.operation_from_proto(rejected).decision == schemas.GateDecision.REJECTED
+    with pytest.raises(converters.UnexpectedResponseError):
+        converters.operation_from_proto(admin_pb2.Operation())  # OPERATION_STATE_UNSPECIFIED
+    with pytest.raises(converters.UnexpectedResponseError):
+        converters.decision_from_proto(99)
+
+
+def test_admin_requests():
+    full = converters.retrain_to_proto(
+        schemas.RetrainRequest.model_validate(
+            {"model": "housing", "hyperparameters": {"max_iter": 200}, "max_rows": 50}
+        )
+    )
+    assert full == admin_pb2.RetrainRequest(model="housing", hyperparameters={"max_iter": 200.0}, max_rows=50)
+    bare = converters.retrain_to_proto(schemas.RetrainRequest(model="iris"))
+    assert not bare.HasField("max_rows")
+    assert (bare.model, dict(bare.hyperparameters)) == ("iris", {})
+
+    moved = converters.set_alias_to_proto("iris", "champion", schemas.SetAliasBody(version="2"))
+    assert (moved.model, moved.alias, moved.version) == ("iris", "champion", "2")
+    assert not moved.HasField("expected_version")  # no compare-and-set
+    unset_only = converters.set_alias_to_proto(
+        "iris", "champion", schemas.SetAliasBody(version="2", expected_version="")
+    )
+    assert unset_only.HasField("expected_version")  # "" is sent: only if the alias is not set
+    assert unset_only.expected_version == ""
+    compared = converters.set_alias_to_proto(
+        "iris", "champion", schemas.SetAliasBody(version="2", expected_version="1")
+    )
+    assert compared.expected_version == "1"

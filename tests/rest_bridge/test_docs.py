@@ -65,6 +65,12 @@ async def test_the_schema_documents_every_route_and_the_error_body(client):
         "/ready",
         "/metrics",
         "/metrics/prometheus",
+        "/retrain",
+        "/operations",
+        "/operations/{id}",
+        "/models/{model}/versions",
+        "/models/{model}/aliases/{alias}",
+        "/models/{model}/rollback",
     }
     predict = schema["paths"]["/predict/iris"]["post"]
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
@@ -76,3 +82,36 @@ async def test_the_schema_documents_every_route_and_the_error_body(client):
     sepal = schema["components"]["schemas"]["IrisFeatures"]["properties"]["sepal_length_cm"]
     assert sepal["exclusiveMinimum"] == 0
     assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
+async def test_admin_operations_declare_the_bearer_token_and_no_other_does(client):
+    schema = (await client.get("/openapi.json")).json()
+    # A security scheme is what gives Swagger UI its "Authorize" button.
+    (name, scheme), *others = schema["components"]["securitySchemes"].items()
+    assert (name, scheme["type"], scheme["scheme"], others) == ("AdminToken", "http", "bearer", [])
+    assert "Authorization: Bearer <token>" in scheme["description"]
+    secured = {
+        (verb, path)
+        for path, operations in schema["paths"].items()
+        for verb, operation in operations.items()
+        if operation.get("security")
+    }
+    assert secured == {
+        ("post", "/retrain"),
+        ("get", "/operations"),
+        ("get", "/operations/{id}"),
+        ("get", "/models/{model}/versions"),
+        ("put", "/models/{model}/aliases/{alias}"),
+        ("post", "/models/{model}/rollback"),
+    }
+    for verb, path in secured:
+        operation = schema["paths"][path][verb]
+        assert operation["security"] == [{"AdminToken": []}]
+        assert operation["tags"] == ["admin"]
+        for status in ("401", "403"):
+            error = operation["responses"][status]["content"]["application/json"]["schema"]
+            assert error == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "202" in schema["paths"]["/retrain"]["post"]["responses"]
+    # The header is documented by the scheme, not as a parameter the client fills in by hand.
+    parameters = [p for ops in schema["paths"].values() for op in ops.values() for p in op.get("parameters", [])]
+    assert not [p for p in parameters if p["name"].lower() == "authorization"]

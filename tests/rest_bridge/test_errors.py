@@ -7,7 +7,7 @@ from rest_bridge.errors import HTTP_STATUS_BY_CODE, SERVER_ERROR_MESSAGES, bad_r
 from rest_bridge.schemas import ErrorResponse
 
 from .conftest import HOUSE, IRIS, bridge
-from .scripted_server import VIOLATIONS, ScriptedServer
+from .scripted_server import SCRIPTED_AUTHORIZATION, VIOLATIONS, ScriptedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -65,35 +65,48 @@ async def test_each_upstream_status_becomes_its_http_status(scripted: ScriptedSe
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("method", "path", "body"),
     [
-        ("/predict/housing", HOUSE),
-        ("/predict/housing/batch", {"instances": [HOUSE]}),
-        ("/predict/iris/batch", {"instances": [IRIS]}),
-        ("/models", None),
+        ("POST", "/predict/housing", HOUSE),
+        ("POST", "/predict/housing/batch", {"instances": [HOUSE]}),
+        ("POST", "/predict/iris/batch", {"instances": [IRIS]}),
+        ("GET", "/models", None),
+        ("POST", "/retrain", {"model": "housing"}),
+        ("GET", "/operations/abc", None),
+        ("GET", "/operations", None),
+        ("GET", "/models/iris/versions", None),
+        ("PUT", "/models/iris/aliases/champion", {"version": "1"}),
+        ("POST", "/models/iris/rollback", None),
     ],
+    ids=lambda each: each if isinstance(each, str) and each.startswith("/") else "",
 )
-async def test_every_route_maps_upstream_errors(scripted: ScriptedServer, path: str, body: object):
+async def test_every_route_maps_upstream_errors(scripted: ScriptedServer, method: str, path: str, body: object):
     async with bridge(scripted.target) as client:
-        headers = {"X-Request-ID": "abort-RESOURCE_EXHAUSTED"}
-        if body is None:
-            response = await client.get(path, headers=headers)
-        else:
-            response = await client.post(path, json=body, headers=headers)
+        headers = {"X-Request-ID": "abort-RESOURCE_EXHAUSTED", "authorization": SCRIPTED_AUTHORIZATION}
+        response = await client.request(method, path, json=body, headers=headers)
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
 
 
-async def test_a_slow_server_gets_a_504_at_the_deadline(scripted: ScriptedServer):
+@pytest.mark.parametrize(
+    ("method", "path", "grpc_method"),
+    [
+        ("POST", "/predict/iris", "prediction.v1.IrisClassifier/Classify"),
+        ("POST", "/models/iris/rollback", "prediction.v1.ModelAdmin/Rollback"),
+    ],
+    ids=["predict", "admin"],
+)
+async def test_a_slow_server_gets_a_504_at_the_deadline(
+    scripted: ScriptedServer, method: str, path: str, grpc_method: str
+):
+    body = IRIS if path == "/predict/iris" else None
+    headers = {"X-Request-ID": "sleep-3", "authorization": SCRIPTED_AUTHORIZATION}
     async with bridge(scripted.target, upstream_timeout_seconds=0.2) as client:
-        response = await client.post("/predict/iris", json=IRIS, headers={"X-Request-ID": "sleep-3"})
+        response = await client.request(method, path, json=body, headers=headers)
         metrics = (await client.get("/metrics")).text
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "DEADLINE_EXCEEDED"
-    assert (
-        'bridge_upstream_errors_total{grpc_code="DEADLINE_EXCEEDED",'
-        'grpc_method="prediction.v1.IrisClassifier/Classify"} 1.0' in metrics
-    )
+    assert f'bridge_upstream_errors_total{{grpc_code="DEADLINE_EXCEEDED",grpc_method="{grpc_method}"}} 1.0' in metrics
 
 
 async def test_the_real_server_reports_invalid_batches_with_field_paths(client):

@@ -9,7 +9,8 @@ from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_p
 from server.app import PredictionServer
 
 from ..server.conftest import in_memory_registry, running_server
-from .conftest import HOUSE, IRIS, bridge, proto_json
+from .conftest import HOUSE, IRIS, bridge, proto_json, rest_json
+from .scripted_server import ScriptedServer, model_info
 
 pytestmark = pytest.mark.anyio
 
@@ -66,6 +67,7 @@ async def test_models_describes_both_services(client, prediction_server: Predict
     assert {feature["exclusive_minimum"] for feature in body["iris"]["features"]} == {True}
     assert {feature["exclusive_minimum"] for feature in body["housing"]["features"]} == {False}
     assert body["housing"]["max_batch_size"] == 5
+    assert (body["housing"]["last_load_failure"], body["housing"]["registry_reachable"]) == (None, True)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", body["iris"]["loaded_at"])
     with grpc.insecure_channel(f"127.0.0.1:{prediction_server.port}") as channel:
         direct = iris_pb2_grpc.IrisClassifierStub(channel).GetModelInfo(model_pb2.GetModelInfoRequest())
@@ -191,3 +193,12 @@ async def test_unknown_path_and_wrong_method_get_the_error_body(client):
     assert wrong.headers["allow"] == "POST"
     for response in (missing, wrong):
         assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+
+
+async def test_models_carries_every_field_of_model_info(scripted: ScriptedServer):
+    async with bridge(scripted.target) as client:
+        response = await client.get("/models")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"housing": rest_json(model_info("Housing")), "iris": rest_json(model_info("Iris"))}
+    assert response.json()["iris"]["last_load_failure"]["reason"] == "warm_up"
+    assert response.json()["iris"]["registry_reachable"] is False

@@ -4,15 +4,21 @@ import types
 import typing
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import pytest
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from protos.prediction.v1 import housing_pb2, iris_pb2, model_pb2
+from protos.prediction.v1 import admin_pb2, housing_pb2, iris_pb2, model_pb2
 from rest_bridge import schemas
-from rest_bridge.converters import SPECIES_TO_PROTO
+from rest_bridge.app import create_app
+from rest_bridge.converters import DECISION_TO_PROTO, SPECIES_TO_PROTO, STATE_TO_PROTO
+from rest_bridge.settings import BridgeSettings
 from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE
+
+from .conftest import enum_prefix
 
 # Every message the bridge exposes, with its REST model.
 EXPOSED: list[tuple[Descriptor, type[BaseModel]]] = [
@@ -25,7 +31,36 @@ EXPOSED: list[tuple[Descriptor, type[BaseModel]]] = [
     (iris_pb2.IrisPrediction.DESCRIPTOR, schemas.IrisPrediction),
     (iris_pb2.IrisBatchPrediction.DESCRIPTOR, schemas.IrisBatchPrediction),
     (model_pb2.ModelInfo.DESCRIPTOR, schemas.ModelInfo),
+    (admin_pb2.RetrainRequest.DESCRIPTOR, schemas.RetrainRequest),
+    (admin_pb2.Operation.DESCRIPTOR, schemas.Operation),
+    (admin_pb2.ListOperationsResponse.DESCRIPTOR, schemas.ListOperationsResponse),
+    (admin_pb2.ListModelVersionsResponse.DESCRIPTOR, schemas.ListModelVersionsResponse),
+    (admin_pb2.AliasChange.DESCRIPTOR, schemas.AliasChange),
 ]
+ADMIN = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"]
+# Each admin route and its gRPC method: the route's path, query and body fields together are the request
+# message's fields, and its success answer is the response message.
+ADMIN_ROUTES: dict[tuple[str, str], MethodDescriptor] = {
+    ("post", "/retrain"): ADMIN.methods_by_name["Retrain"],
+    ("get", "/operations/{id}"): ADMIN.methods_by_name["GetOperation"],
+    ("get", "/operations"): ADMIN.methods_by_name["ListOperations"],
+    ("get", "/models/{model}/versions"): ADMIN.methods_by_name["ListModelVersions"],
+    ("put", "/models/{model}/aliases/{alias}"): ADMIN.methods_by_name["SetAlias"],
+    ("post", "/models/{model}/rollback"): ADMIN.methods_by_name["Rollback"],
+}
+SERVICES = [
+    *housing_pb2.DESCRIPTOR.services_by_name.values(),
+    *iris_pb2.DESCRIPTOR.services_by_name.values(),
+    *admin_pb2.DESCRIPTOR.services_by_name.values(),
+]
+ANSWERS = {method.output_type.full_name for service in SERVICES for method in service.methods}
+# Enum fields whose zero value the server sends, meaning "not yet": null in REST.
+NULLABLE_ENUM_FIELDS = {"prediction.v1.Operation.decision"}
+ENUMS: dict[type[Enum], tuple[str, dict[Any, int]]] = {
+    schemas.IrisSpecies: ("prediction.v1.IrisSpecies", dict(SPECIES_TO_PROTO)),
+    schemas.OperationState: ("prediction.v1.OperationState", dict(STATE_TO_PROTO)),
+    schemas.GateDecision: ("prediction.v1.GateDecision", dict(DECISION_TO_PROTO)),
+}
 SCALARS = {
     FieldDescriptor.TYPE_DOUBLE: float,
     FieldDescriptor.TYPE_FLOAT: float,
@@ -39,37 +74,54 @@ SCALARS = {
 WELL_KNOWN = {"google.protobuf.Timestamp": datetime}
 
 
-def _unwrap(annotation: object) -> tuple[str, object]:
-    """('list', item) / ('dict', value) / ('one', type) for a pydantic field annotation."""
+def _unwrap(annotation: object) -> tuple[str, object, bool]:
+    """('list', item) / ('dict', value) / ('one', type), and whether it may be None, for a pydantic annotation."""
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [each for each in typing.get_args(annotation) if each is not type(None)]
+        assert len(members) == 1, annotation
+        annotation, optional = members[0], True
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+        origin = typing.get_origin(annotation)
     if origin is list:
-        return "list", typing.get_args(annotation)[0]
+        return "list", typing.get_args(annotation)[0], optional
     if origin is dict:
         key, value = typing.get_args(annotation)
+        if typing.get_origin(key) is typing.Annotated:
+            key = typing.get_args(key)[0]
         assert key is str
-        return "dict", value
-    assert origin not in (typing.Union, types.UnionType), f"{annotation} is optional; proto responses never are"
-    return "one", annotation
+        if typing.get_origin(value) is typing.Annotated:
+            value = typing.get_args(value)[0]
+        return "dict", value, optional
+    return "one", annotation, optional
 
 
 def _check_enum(enum: EnumDescriptor, rest: object) -> None:
     assert isinstance(rest, type)
     assert issubclass(rest, Enum)
-    members = [schemas.IrisSpecies(member.value) for member in rest]
-    assert {SPECIES_TO_PROTO[member] for member in members} == {value.number for value in enum.values if value.number}
-    for member in members:
-        proto_name = enum.values_by_number[SPECIES_TO_PROTO[member]].name
-        assert proto_name == "IRIS_SPECIES_" + member.value.upper()
+    full_name, to_proto = ENUMS[rest]
+    assert enum.full_name == full_name
+    assert {to_proto[member] for member in rest} == {value.number for value in enum.values if value.number}
+    for member in rest:
+        assert enum.values_by_number[to_proto[member]].name == enum_prefix(enum) + str(member.value).upper()
 
 
-def _check_type(field: FieldDescriptor, rest: object, path: str, seen: set[str]) -> None:
+def _check_type(field: FieldDescriptor, rest: object, path: str, seen: set[str], *, answer: bool = False) -> None:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        kind, value = _unwrap(rest)
-        assert kind == "dict", path
-        _check_type(field.message_type.fields_by_name["value"], value, path + "{}", seen)
+        kind, value, optional = _unwrap(rest)
+        assert (kind, optional) == ("dict", False), path
+        _check_type(field.message_type.fields_by_name["value"], value, path + "{}", seen, answer=answer)
         return
-    kind, inner = _unwrap(rest)
+    kind, inner, optional = _unwrap(rest)
     assert kind == ("list" if field.is_repeated else "one"), path
+    # null only where the field may be unset; in answers, an unset optional scalar must be able to say so (a
+    # request may instead require it: the features are optional in proto only so that the server sees them unset).
+    if optional:
+        assert field.has_presence or field.full_name in NULLABLE_ENUM_FIELDS, f"{path} is nullable, the proto field not"
+    if answer and field.has_presence and field.message_type is None:
+        assert optional, f"{path}: an optional scalar of an answer must be nullable"
     if field.message_type is not None:
         well_known = WELL_KNOWN.get(field.message_type.full_name)
         if well_known is not None:
@@ -77,18 +129,23 @@ def _check_type(field: FieldDescriptor, rest: object, path: str, seen: set[str])
             return
         assert isinstance(inner, type)
         assert issubclass(inner, BaseModel), path
-        _check_message(field.message_type, inner, path, seen)
+        _check_message(field.message_type, inner, path, seen, answer=answer)
     elif field.enum_type is not None:
+        assert optional == (field.full_name in NULLABLE_ENUM_FIELDS), path
         _check_enum(field.enum_type, inner)
     else:
         assert inner is SCALARS[field.type], path
 
 
-def _check_message(descriptor: Descriptor, model: type[BaseModel], path: str, seen: set[str]) -> None:
+def _check_message(
+    descriptor: Descriptor, model: type[BaseModel], path: str, seen: set[str], *, answer: bool | None = None
+) -> None:
+    if answer is None:
+        answer = descriptor.full_name in ANSWERS
     seen.add(descriptor.full_name)
     assert set(model.model_fields) == set(descriptor.fields_by_name), f"{path}: {model.__name__} fields differ"
     for name, field in descriptor.fields_by_name.items():
-        _check_type(field, model.model_fields[name].annotation, f"{path}.{name}", seen)
+        _check_type(field, model.model_fields[name].annotation, f"{path}.{name}", seen, answer=answer)
 
 
 @pytest.mark.parametrize(("descriptor", "model"), EXPOSED, ids=lambda each: getattr(each, "name", ""))
@@ -96,14 +153,51 @@ def test_every_proto_field_has_its_rest_counterpart_and_back(descriptor: Descrip
     _check_message(descriptor, model, descriptor.name, set())
 
 
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    reference = node.get("$ref")
+    return schema["components"]["schemas"][reference.rsplit("/", 1)[1]] if reference else node
+
+
+@pytest.mark.parametrize(("route", "method"), ADMIN_ROUTES.items(), ids=lambda each: getattr(each, "name", ""))
+def test_every_field_of_an_admin_request_is_in_its_route_and_back(route: tuple[str, str], method: MethodDescriptor):
+    verb, path = route
+    schema = create_app(BridgeSettings(), CollectorRegistry()).openapi()
+    operation = schema["paths"][path][verb]
+    parameters = {each["name"]: each for each in operation.get("parameters", [])}
+    assert {each["in"] for each in parameters.values()} <= {"path", "query"}
+    body: dict[str, Any] = {}
+    if "requestBody" in operation:
+        body = _resolve(schema, operation["requestBody"]["content"]["application/json"]["schema"])["properties"]
+    assert not set(parameters) & set(body), "a field is taken twice"
+    assert set(parameters) | set(body) == set(method.input_type.fields_by_name)
+    for name in parameters:
+        assert method.input_type.fields_by_name[name].type == FieldDescriptor.TYPE_STRING, name
+        assert parameters[name]["schema"]["type"] == "string"
+        assert "pattern" in parameters[name]["schema"], f"{path}: {name} is not constrained"
+    answers = {status: answer for status, answer in operation["responses"].items() if status.startswith("2")}
+    assert len(answers) == 1
+    (answer,) = answers.values()
+    assert answer["content"]["application/json"]["schema"] == {
+        "$ref": f"#/components/schemas/{method.output_type.name}"
+    }
+
+
+def test_the_body_models_of_admin_routes_match_their_proto_fields():
+    # SetAliasRequest takes model and alias from the path; its other fields are the body's, type for type.
+    descriptor = admin_pb2.SetAliasRequest.DESCRIPTOR
+    assert set(schemas.SetAliasBody.model_fields) == set(descriptor.fields_by_name) - {"model", "alias"}
+    for name, field in schemas.SetAliasBody.model_fields.items():
+        _check_type(descriptor.fields_by_name[name], field.annotation, f"SetAliasRequest.{name}", set())
+
+
 def test_every_message_of_the_services_is_covered():
     covered: set[str] = set()
     for descriptor, model in EXPOSED:
         _check_message(descriptor, model, descriptor.name, covered)
-    services = [*housing_pb2.DESCRIPTOR.services_by_name.values(), *iris_pb2.DESCRIPTOR.services_by_name.values()]
-    used = {m.input_type.full_name for s in services for m in s.methods} | {
-        m.output_type.full_name for s in services for m in s.methods
-    }
+    # Requests whose fields are the route's path and query (checked above, with the SetAlias body).
+    covered |= {method.input_type.full_name for method in ADMIN_ROUTES.values()}
+    assert set(ADMIN_ROUTES.values()) == set(ADMIN.methods)
+    used = {m.input_type.full_name for s in SERVICES for m in s.methods} | ANSWERS
     # GetModelInfoRequest is empty: GET /models has no body.
     assert used - covered == {"prediction.v1.GetModelInfoRequest"}
 

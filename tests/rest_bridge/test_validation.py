@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from .conftest import HOUSE, IRIS
+from .conftest import HOUSE, IRIS, bridge
+from .scripted_server import SCRIPTED_AUTHORIZATION, ScriptedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -79,8 +80,6 @@ async def test_a_body_that_is_not_a_json_object(client, content: str, content_ty
 
 
 async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(prediction_server):
-    from .conftest import bridge  # noqa: PLC0415
-
     huge = b'{"instances": [' + b",".join([b'{"sepal_length_cm": 5.1}'] * 2000) + b"]}"
     async with bridge(f"127.0.0.1:{prediction_server.port}", max_body_bytes=16 * 1024) as client:
         declared = await client.post("/predict/iris/batch", content=huge, headers={"content-type": "application/json"})
@@ -97,3 +96,66 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(prediction_s
         assert streamed.status_code == 413
         assert streamed.json()["error"]["request_id"] == streamed.headers["x-request-id"]
         assert (await client.post("/predict/iris", json={**IRIS})).status_code == 200
+
+
+LONG_NAME = "m" * 129
+ADMIN_HEADERS = {"authorization": SCRIPTED_AUTHORIZATION}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("GET", "/models/bad%20name/versions", None, "model"),
+        ("GET", f"/models/{LONG_NAME}/versions", None, "model"),
+        ("GET", "/models/iris%0A/versions", None, "model"),
+        ("POST", "/models/-iris/rollback", None, "model"),
+        ("PUT", "/models/iris/aliases/1champion", {"version": "1"}, "alias"),
+        ("PUT", "/models/iris/aliases/champion", {"version": "two"}, "version"),
+        ("PUT", "/models/iris/aliases/champion", {"version": 2}, "version"),
+        ("PUT", "/models/iris/aliases/champion", {"version": "2", "expected_version": "v1"}, "expected_version"),
+        ("PUT", "/models/iris/aliases/champion", {"version": "2", "force": True}, "force"),
+        ("PUT", "/models/iris/aliases/champion", None, ""),
+        ("GET", "/operations/not.an.id", None, "id"),
+        ("GET", "/operations?model=bad%20name", None, "model"),
+        ("POST", "/retrain", {"hyperparameters": {}}, "model"),
+        ("POST", "/retrain", {"model": "housing", "hyperparameters": {"max_iter": "200"}}, "hyperparameters.max_iter"),
+        ("POST", "/retrain", {"model": "housing", "hyperparameters": {"max_iter": True}}, "hyperparameters.max_iter"),
+        ("POST", "/retrain", {"model": "housing", "hyperparameters": {"bad name": 1}}, "hyperparameters.bad name"),
+        ("POST", "/retrain", {"model": "housing", "max_rows": 10}, "max_rows"),
+        ("POST", "/retrain", {"model": "housing", "max_rows": 2**32}, "max_rows"),
+        ("POST", "/retrain", {"model": "housing", "max_rows": 100.5}, "max_rows"),
+        ("POST", "/retrain", {"model": "housing", "max_rows": "100"}, "max_rows"),
+        ("GET", "/operations?model=housing&modle=iris", None, "modle"),
+        ("POST", "/retrain", {"model": "housing", "epochs": 3}, "epochs"),
+    ],
+)
+async def test_bad_admin_input_is_refused_before_the_server_sees_it(
+    scripted: ScriptedServer, method: str, path: str, body: object, field: str
+):
+    calls = len(scripted.script.requests)
+    async with bridge(scripted.target) as client:
+        response = await client.request(method, path, json=body, headers=ADMIN_HEADERS)
+    assert _fields(response) == [field]
+    assert len(scripted.script.requests) == calls
+
+
+async def test_a_non_finite_hyperparameter_is_refused(scripted: ScriptedServer):
+    async with bridge(scripted.target) as client:
+        response = await client.post(
+            "/retrain",
+            content='{"model": "housing", "hyperparameters": {"learning_rate": NaN}}',
+            headers={**ADMIN_HEADERS, "content-type": "application/json"},
+        )
+    assert _fields(response) == ["hyperparameters.learning_rate"]
+
+
+async def test_a_hyperparameter_name_that_is_no_text_is_refused(scripted: ScriptedServer):
+    # A lone surrogate is valid JSON but no UTF-8: protobuf could not encode it, which would be a 500.
+    async with bridge(scripted.target) as client:
+        response = await client.post(
+            "/retrain",
+            content='{"model": "housing", "hyperparameters": {"\\ud800": 1}}',
+            headers={**ADMIN_HEADERS, "content-type": "application/json"},
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["field"].startswith("hyperparameters.")

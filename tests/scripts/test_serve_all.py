@@ -3,6 +3,7 @@
 import re
 import socket
 import time
+from pathlib import Path
 
 import httpx
 
@@ -19,9 +20,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_server_and_bridge_run_together_and_ctrl_c_stops_both(trained_registry: TrainingSettings):
+def test_server_and_bridge_run_together_and_ctrl_c_stops_both(trained_registry: TrainingSettings, tmp_path: Path):
     grpc_port, metrics_port, http_port = _free_port(), _free_port(), _free_port()
     env = {
+        "PREDICTOR_STATE_DIR": str(tmp_path / "state"),
         "MLFLOW_TRACKING_URI": trained_registry.mlflow_tracking_uri,
         "PREDICTOR_HOST": "127.0.0.1",
         "PREDICTOR_PORT": str(grpc_port),

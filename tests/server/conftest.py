@@ -1,7 +1,9 @@
 """Fixtures that start real servers on 127.0.0.1 port 0."""
 
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -9,8 +11,10 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+from data.schema import HOUSING_FEATURES, IRIS_FEATURES
+from model_registry import ModelRegistry
+from model_registry.memory import InMemoryRegistry
 from server.app import PredictionServer, build_server
-from server.registry import InMemoryModelRegistry, ModelRegistry
 from server.settings import ServerSettings
 
 
@@ -23,20 +27,32 @@ def server_settings(**overrides: object) -> ServerSettings:
         "grace_seconds": 1.0,
         "max_workers": 4,
         "mlflow_tracking_uri": "sqlite:///unused.db",
+        # Explicitly: mlflow exports the URIs it last used into the environment, which the settings would read.
+        "mlflow_registry_uri": None,
+        # Never the working directory's state/; `running_server` gives each server a fresh one.
+        "state_dir": Path(tempfile.gettempdir()) / "prediction-server-test-state",
     }
     values.update(overrides)
     return ServerSettings(**values)  # type: ignore[arg-type]
 
 
 @contextmanager
-def running_server(registry: ModelRegistry, **overrides: object) -> Iterator[PredictionServer]:
-    server = build_server(server_settings(**overrides), registry)
-    server.start()
-    try:
-        server.load_models()
-        yield server
-    finally:
-        server.stop(grace=0.5)
+def running_server(
+    registry: ModelRegistry, *, child_env: Mapping[str, str] | None = None, **overrides: object
+) -> Iterator[PredictionServer]:
+    """A started server with its models loaded; ``overrides`` are settings, ``child_env`` that of retrains."""
+    with tempfile.TemporaryDirectory(prefix="server-state-") as state_dir:
+        overrides.setdefault("state_dir", state_dir)
+        # A retrain started against an in-memory registry must write nowhere near the working directory.
+        overrides.setdefault("retrain_workdir", state_dir)
+        overrides.setdefault("mlflow_tracking_uri", f"sqlite:///{state_dir}/unused.db")
+        server = build_server(server_settings(**overrides), registry, child_env=child_env)
+        server.start()
+        try:
+            server.load_models()
+            yield server
+        finally:
+            server.stop(grace=0.5)
 
 
 @contextmanager
@@ -53,14 +69,27 @@ def channel(mlflow_server: PredictionServer) -> Iterator[grpc.Channel]:
         yield opened
 
 
-def in_memory_registry(*, housing: bool = True, iris: bool = True) -> InMemoryModelRegistry:
-    """Small fitted estimators under the production names, for tests that shape their own server."""
-    registry = InMemoryModelRegistry()
+def small_housing_model() -> LinearRegression:
+    features = np.random.default_rng(0).uniform(1.0, 10.0, size=(100, 8))
+    return LinearRegression().fit(features, features.mean(1))
+
+
+def small_iris_model() -> LogisticRegression:
+    data, target = load_iris(return_X_y=True)
+    return LogisticRegression(max_iter=500).fit(data, target)
+
+
+def in_memory_registry(*, housing: bool = True, iris: bool = True) -> InMemoryRegistry:
+    """Small fitted estimators under the production names, for tests that shape their own server.
+
+    Housing is version 1 of its model; iris version 2 (an unpromoted version 1 before it), both ``champion``.
+    """
+    registry = InMemoryRegistry()
     if housing:
-        rng = np.random.default_rng(0)
-        features = rng.uniform(1.0, 10.0, size=(100, 8))
-        registry.add("CaliforniaHousingBestModel", "champion", LinearRegression().fit(features, features.mean(1)))
+        registry.register(
+            "CaliforniaHousingBestModel", small_housing_model(), alias="champion", input_names=HOUSING_FEATURES
+        )
     if iris:
-        data, target = load_iris(return_X_y=True)
-        registry.add("IrisBestModel", "champion", LogisticRegression(max_iter=500).fit(data, target), version="2")
+        registry.register("IrisBestModel", small_iris_model(), input_names=IRIS_FEATURES)
+        registry.register("IrisBestModel", small_iris_model(), alias="champion", input_names=IRIS_FEATURES)
     return registry

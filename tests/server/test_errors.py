@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 import pytest
 
+from model_registry.memory import InMemoryRegistry
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
-from server.registry import InMemoryModelRegistry
 
 from .conftest import channel_to, in_memory_registry, running_server
 from .test_metrics import _scrape, _value
@@ -18,12 +18,15 @@ INTERNAL_DETAIL = "connection string postgres://admin:hunter2@db"
 
 
 class FragileRegressor:
-    """Predicts 1.0, fails on incomes above 20 and answers NaN above 30 (warm-up uses 3.87)."""
+    """Predicts 1.0, fails on an income of exactly 25 and answers NaN for exactly 35.
+
+    The smoke predictions at load time (random rows over the accepted ranges) never hit those values.
+    """
 
     def predict(self, values: np.ndarray) -> np.ndarray:
-        if (values[:, 0] > 30).any():
+        if (values[:, 0] == 35).any():
             return np.full(len(values), np.nan)
-        if (values[:, 0] > 20).any():
+        if (values[:, 0] == 25).any():
             raise RuntimeError(INTERNAL_DETAIL)
         return np.ones(len(values))
 
@@ -50,9 +53,9 @@ def _house(income: float) -> housing_pb2.HousingFeatures:
     )
 
 
-def _registry_with(estimator: object) -> InMemoryModelRegistry:
+def _registry_with(estimator: object) -> InMemoryRegistry:
     registry = in_memory_registry(housing=False)
-    registry.add("CaliforniaHousingBestModel", "champion", estimator, version="9")
+    registry.register("CaliforniaHousingBestModel", estimator, alias="champion", version="9")
     return registry
 
 

@@ -2,20 +2,21 @@
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_iris
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
-from server.core import HousingEndpoint, IrisEndpoint, ModelEndpoint
+from model_registry import LoadedArtifact
+from model_registry.memory import InMemoryRegistry
+from server.domain import LoadedModel
+from server.execution import ModelRunner
 from server.fast_paths import CompiledForest, CompiledLogistic, compile_fast_path, reproduces
-from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE
-from server.metrics import ModelMetrics
-from server.model_store import ModelSlot, ModelStore
-from server.registry import InMemoryModelRegistry
+from server.model_store import ModelSlot
+from server.preparation import ModelPreparer
 from server.runtime import PredictRuntime
+from server.services import HOUSING, IRIS, ServiceSpec
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +65,17 @@ def test_unsupported_estimators_stay_on_scikit_learn(training_data):
     assert CompiledForest.from_estimator(categorical) is None
 
 
-def _endpoint(kind: type[ModelEndpoint], small_batch_rows: int) -> ModelEndpoint:
-    return kind(
-        ModelSlot.HOUSING if kind is HousingEndpoint else ModelSlot.IRIS,
-        features=HOUSING_FEATURE_TABLE if kind is HousingEndpoint else IRIS_FEATURE_TABLE,
-        store=ModelStore(),
-        metrics=ModelMetrics(CollectorRegistry()),
-        runtime=PredictRuntime(parallel_batch_rows=256),
-        max_batch_size=100,
-        small_batch_rows=small_batch_rows,
-    )
+def _prepared(spec: ServiceSpec, estimator: object, small_batch_rows: int) -> LoadedModel:
+    registry = InMemoryRegistry()
+    version = registry.register(spec.slot.value, estimator)
+    artifact: LoadedArtifact = registry.load(spec.slot.value, version)
+    runner = ModelRunner(spec, PredictRuntime(parallel_batch_rows=256), small_batch_rows)
+    return ModelPreparer(runner).prepare(artifact, "champion")
 
 
-def test_the_housing_endpoint_attaches_the_fast_path_only_when_enabled(regressor):
-    model = InMemoryModelRegistry().add("CaliforniaHousingBestModel", "champion", regressor)
-    assert _endpoint(HousingEndpoint, small_batch_rows=16).prepare(model).small_batch_predict is not None
-    assert _endpoint(HousingEndpoint, small_batch_rows=0).prepare(model).small_batch_predict is None
+def test_housing_preparation_attaches_the_fast_path_only_when_enabled(regressor):
+    assert _prepared(HOUSING, regressor, small_batch_rows=16).small_batch_predict is not None
+    assert _prepared(HOUSING, regressor, small_batch_rows=0).small_batch_predict is None
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +113,10 @@ def test_other_classifiers_stay_on_scikit_learn(iris_data):
     assert compile_fast_path(LogisticRegression(max_iter=1000).fit(features, target), "predict") is None
 
 
-def test_the_iris_endpoint_uses_the_fast_path_and_answers_the_same(iris_data):
+def test_iris_preparation_attaches_the_fast_path_and_it_answers_the_same(iris_data):
     features, target = iris_data
     pipeline = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression(C=10, max_iter=1000))])
-    model = InMemoryModelRegistry().add("IrisBestModel", "champion", pipeline.fit(features, target))
-    prepared = _endpoint(IrisEndpoint, small_batch_rows=16).prepare(model)
+    prepared = _prepared(IRIS, pipeline.fit(features, target), small_batch_rows=16)
     assert prepared.small_batch_predict is not None
     assert np.array_equal(prepared.small_batch_predict(features[:16]), pipeline.predict_proba(features[:16]))
 
@@ -130,10 +125,10 @@ def test_a_built_server_gives_both_services_their_fast_paths(regressor, iris_dat
     from .conftest import running_server  # noqa: PLC0415
 
     features, target = iris_data
-    registry = InMemoryModelRegistry()
-    registry.add("CaliforniaHousingBestModel", "champion", regressor)
+    registry = InMemoryRegistry()
+    registry.register("CaliforniaHousingBestModel", regressor, alias="champion")
     pipeline = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression(C=10, max_iter=1000))])
-    registry.add("IrisBestModel", "champion", pipeline.fit(features, target))
+    registry.register("IrisBestModel", pipeline.fit(features, target), alias="champion")
     with running_server(registry) as server:
-        assert server.store.get(ModelSlot.HOUSING).small_batch_predict is not None
-        assert server.store.get(ModelSlot.IRIS).small_batch_predict is not None
+        assert server.store.get(ModelSlot.HOUSING).champion.small_batch_predict is not None
+        assert server.store.get(ModelSlot.IRIS).champion.small_batch_predict is not None

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 from server.app import PredictionServer, build_server
 
-from .conftest import channel_to, in_memory_registry, running_server, server_settings
+from .conftest import channel_to, in_memory_registry, running_server, server_settings, small_housing_model
 
 HOUSING = "prediction.v1.HousingPredictor"
 IRIS = "prediction.v1.IrisClassifier"
@@ -67,11 +67,12 @@ def test_a_model_that_fails_to_load_leaves_only_its_service_down():
         assert iris_pb2_grpc.IrisClassifierStub(channel).Classify(flower).species_name == "setosa"
 
 
-def test_reflection_lists_both_services_health_and_reflection(channel):
+def test_reflection_lists_every_service_health_and_reflection(channel):
     database = ProtoReflectionDescriptorDatabase(channel)
     assert set(database.get_services()) == {
         HOUSING,
         IRIS,
+        "prediction.v1.ModelAdmin",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
@@ -144,14 +145,10 @@ def test_grpcurl_shows_invalid_argument_with_field_violations(grpcurl, mlflow_se
 
 def test_a_model_that_failed_to_load_is_retried_until_it_serves():
     registry = in_memory_registry(housing=False)
-    with running_server(registry, load_retry_seconds=0.1) as server, channel_to(server) as channel:
+    with running_server(registry, model_poll_seconds=0.1) as server, channel_to(server) as channel:
         assert _status(channel, HOUSING) == NOT_SERVING
         # The alias appears in the registry after start-up, as when training finishes later.
-        registry.add(
-            "CaliforniaHousingBestModel",
-            "champion",
-            in_memory_registry().load("CaliforniaHousingBestModel", "champion").estimator,
-        )
+        registry.register("CaliforniaHousingBestModel", small_housing_model(), alias="champion")
         deadline = time.monotonic() + 10
         while _status(channel, HOUSING) != SERVING:
             assert time.monotonic() < deadline, "the housing model was never retried"

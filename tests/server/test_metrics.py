@@ -67,5 +67,6 @@ def test_failed_model_loads_are_counted():
     with running_server(in_memory_registry(iris=False)) as server:
         assert server.metrics_port is not None
         samples = _scrape(server.metrics_port)
-    assert _value(samples, "model_load_failures_total", service="iris") == 1
+    failure = {"service": "prediction.v1.IrisClassifier", "reason": "not_found"}
+    assert _value(samples, "model_load_failures_total", **failure) == 1
     assert not any(name == "model_loaded_info" and ("model", "IrisBestModel") in labels for name, labels in samples)

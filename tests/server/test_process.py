@@ -4,6 +4,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,8 +19,9 @@ PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
 
 
 @pytest.fixture
-def server_process(trained_registry: TrainingSettings) -> Iterator[Process]:
+def server_process(trained_registry: TrainingSettings, tmp_path: Path) -> Iterator[Process]:
     env = {
+        "PREDICTOR_STATE_DIR": str(tmp_path / "state"),
         "MLFLOW_TRACKING_URI": trained_registry.mlflow_tracking_uri,
         "PREDICTOR_HOST": "127.0.0.1",
         "PREDICTOR_PORT": "0",

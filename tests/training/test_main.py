@@ -1,8 +1,12 @@
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from training.__main__ import main
 
 
@@ -47,3 +51,76 @@ def test_missing_data_fails_with_a_message_not_a_traceback(
 def test_invalid_settings_are_reported(environment: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--max-rows", "5"]) == 2
     assert capsys.readouterr().err.startswith("error: invalid settings:")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "housing", "--param", "depth=3"], "error: 'depth' is not a hyperparameter of housing"),
+        (["--model", "housing", "--param", "max_iter=5000"], "error: max_iter must be an integer in [1, 2000], got"),
+        (["--model", "housing", "--param", "max_iter=2.5"], "error: max_iter must be an integer in [1, 2000], got 2.5"),
+        (["--model", "iris", "--param", "C=-1"], "error: C must be a number in [0.0001, 10000.0], got -1.0"),
+        (["--model", "iris", "--param", "C=big"], "error: --param 'C=big': 'big' is not a number"),
+        (["--model", "iris", "--param", "C"], "error: --param 'C': expected NAME=VALUE"),
+        (["--model", "iris", "--param", "C=1", "--param", "C=2"], "error: --param C is given twice"),
+        (["--param", "max_iter=20"], "error: --param needs one --model (housing or iris), not all"),
+        (["--result-file", "out.json"], "error: --result-file needs one --model (housing or iris), not all"),
+    ],
+)
+def test_bad_overrides_exit_2_with_a_message_and_train_nothing(
+    environment: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    assert main(arguments) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message)
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert not (environment / "data").exists()
+    assert not (environment / "out.json").exists()
+
+
+def test_bad_override_from_the_command_line(environment: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "training", "--model", "housing", "--param", "max_iter=2.5"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 2
+    assert finished.stderr == "error: max_iter must be an integer in [1, 2000], got 2.5\n"
+
+
+def test_result_file_holds_the_outcome(environment: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = environment / "results" / "iris.json"
+    assert main(["--model", "iris", "--param", "C=5", "--result-file", str(result)]) == 0
+    first = json.loads(result.read_text())
+    assert first.keys() == {
+        "model_kind",
+        "model_name",
+        "version",
+        "run_id",
+        "metrics",
+        "promoted",
+        "reason",
+        "alias",
+        "champion_version",
+        "champion_metrics",
+    }
+    assert (first["model_kind"], first["model_name"], first["version"], first["alias"]) == (
+        "iris",
+        "IrisBestModel",
+        1,
+        "champion",
+    )
+    assert first["promoted"] is True and first["reason"].startswith("no champion yet")
+    assert (first["champion_version"], first["champion_metrics"]) == (None, {})
+    assert first["metrics"].keys() == {"cv_accuracy", "accuracy", "macro_f1"}
+    assert len(first["run_id"]) == 32
+
+    assert main(["--model", "iris", "--param", "C=0.001", "--result-file", str(result)]) == 0
+    second = json.loads(result.read_text())
+    assert (second["version"], second["promoted"], second["champion_version"]) == (2, False, 1)
+    assert second["champion_metrics"] == {key: first["metrics"][key] for key in ("accuracy", "macro_f1")}
+    assert second["reason"] == capsys.readouterr().out.splitlines()[-1].split("not promoted to @champion: ")[1]
+    assert [path.name for path in result.parent.iterdir()] == ["iris.json"]  # no temporary file left behind

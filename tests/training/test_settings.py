@@ -4,7 +4,14 @@ import pytest
 
 from training.settings import TrainingSettings
 
-ENV = ("MLFLOW_TRACKING_URI", "TRAINING_MLFLOW_TRACKING_URI", "SCIKIT_LEARN_DATA", "TRAINING_MAX_ROWS")
+ENV = (
+    "MLFLOW_TRACKING_URI",
+    "TRAINING_MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "TRAINING_MLFLOW_REGISTRY_URI",
+    "SCIKIT_LEARN_DATA",
+    "TRAINING_MAX_ROWS",
+)
 
 
 @pytest.fixture
@@ -43,6 +50,21 @@ def test_environment_names(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_prefixed_tracking_uri_is_accepted(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINING_MLFLOW_TRACKING_URI", "sqlite:////srv/mlflow.db")
     assert TrainingSettings().mlflow_tracking_uri == "sqlite:////srv/mlflow.db"
+
+
+def test_registry_defaults_to_the_tracking_store(clean_env: Path) -> None:
+    settings = TrainingSettings()
+    assert settings.mlflow_registry_uri is None
+    assert settings.registry_uri == settings.mlflow_tracking_uri
+
+
+@pytest.mark.parametrize("variable", ["MLFLOW_REGISTRY_URI", "TRAINING_MLFLOW_REGISTRY_URI"])
+def test_registry_uri_from_the_environment(clean_env: Path, monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/tracking.db")
+    monkeypatch.setenv(variable, "sqlite:////srv/registry.db")
+    settings = TrainingSettings()
+    assert settings.registry_uri == settings.mlflow_registry_uri == "sqlite:////srv/registry.db"
+    assert settings.mlflow_tracking_uri == "sqlite:////srv/tracking.db"
 
 
 def test_fields_are_set_by_name(clean_env: Path) -> None:

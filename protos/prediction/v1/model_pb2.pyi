@@ -105,12 +105,18 @@ class ModelInfo(_message.Message):
     TRAINING_METRICS_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    LAST_LOAD_FAILURE_FIELD_NUMBER: _builtins.int
+    REGISTRY_REACHABLE_FIELD_NUMBER: _builtins.int
     model_uri: _builtins.str
     """MLflow model URI the artifacts were loaded from, e.g. "models:/IrisBestModel/3"."""
     estimator: _builtins.str
     """Fully-qualified class of the fitted estimator, e.g. "sklearn.pipeline.Pipeline"."""
     max_batch_size: _builtins.int
     """Largest number of instances one batch call accepts on this server."""
+    registry_reachable: _builtins.bool
+    """Whether the server's last look at the model registry succeeded. While it is false the server keeps serving
+    what it has loaded.
+    """
     @_builtins.property
     def model(self) -> Global___ModelVersion: ...
     @_builtins.property
@@ -125,6 +131,12 @@ class ModelInfo(_message.Message):
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureSpec]:
         """Input features, in the order the model consumes them."""
 
+    @_builtins.property
+    def last_load_failure(self) -> Global___LoadFailure:
+        """The last version of this service's alias that the server refused to serve (it failed to load or to pass
+        validation), while it kept serving the version above; unset when the alias's version is the one served.
+        """
+
     def __init__(
         self,
         *,
@@ -135,14 +147,49 @@ class ModelInfo(_message.Message):
         training_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         features: _abc.Iterable[Global___FeatureSpec] | None = ...,
         max_batch_size: _builtins.int = ...,
+        last_load_failure: Global___LoadFailure | None = ...,
+        registry_reachable: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["loaded_at", b"loaded_at", "model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_load_failure", b"last_load_failure", "loaded_at", b"loaded_at", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimator", b"estimator", "features", b"features", "loaded_at", b"loaded_at", "max_batch_size", b"max_batch_size", "model", b"model", "model_uri", b"model_uri", "training_metrics", b"training_metrics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimator", b"estimator", "features", b"features", "last_load_failure", b"last_load_failure", "loaded_at", b"loaded_at", "max_batch_size", b"max_batch_size", "model", b"model", "model_uri", b"model_uri", "registry_reachable", b"registry_reachable", "training_metrics", b"training_metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class LoadFailure(_message.Message):
+    """A version the server refused to serve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FAILED_AT_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    reason: _builtins.str
+    """Short machine-readable cause: "registry_unavailable", "artifact", "signature", "classes", "warm_up", "output"."""
+    message: _builtins.str
+    """What went wrong, for people."""
+    @_builtins.property
+    def failed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        failed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failed_at", b"failed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_at", b"failed_at", "message", b"message", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadFailure: _TypeAlias = LoadFailure  # noqa: Y015
 
 @_typing.final
 class FeatureSpec(_message.Message):

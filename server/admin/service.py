@@ -1,0 +1,109 @@
+"""The admin service's core, protocol-free: versions, aliases, rollback and retrain operations.
+
+Admin writes to the registry; it never loads a model. After moving an alias it nudges the watcher, which is the
+only thing that loads, so a change made here is served at once and hot reload and admin cannot disagree.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from model_registry import ModelRegistry, VersionInfo
+from model_registry.history import move_alias, roll_back
+from server.admin.operations import Operation
+from server.errors import FieldViolation, InvalidInputError
+from server.lifecycle import ModelWatcher, WatchedModel
+from server.model_store import ModelSlot, ModelStore
+
+CHAMPION = "champion"
+
+
+class RetrainOperations(Protocol):
+    def start(
+        self, model: str, hyperparameters: Mapping[str, float], max_rows: int | None, trigger: str = "manual"
+    ) -> Operation: ...
+
+    def get(self, operation_id: str) -> Operation: ...
+
+    def list(self, model: str | None = None) -> list[Operation]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    info: VersionInfo
+    serving: bool
+    """Whether this server answers with the version right now."""
+
+
+@dataclass(frozen=True, slots=True)
+class AliasChange:
+    name: str
+    alias: str
+    version: str
+    previous_version: str | None
+
+
+class ModelAdmin:
+    def __init__(
+        self, registry: ModelRegistry, watcher: ModelWatcher, store: ModelStore, operations: RetrainOperations
+    ) -> None:
+        self._registry = registry
+        self._watcher = watcher
+        self._store = store
+        self._operations = operations
+
+    def model(self, key: str) -> WatchedModel:
+        """The served model named by its service key ("housing") or its registered name."""
+        for slot in self._watcher.slots:
+            entry = self._watcher.watched(slot)
+            if key in (slot.value, entry.name):
+                return entry
+        known = ", ".join(f"{slot.value!r}" for slot in self._watcher.slots)
+        raise InvalidInputError(
+            f"model: unknown model {key!r}; one of {known}", (FieldViolation("model", f"must be one of {known}"),)
+        )
+
+    def list_versions(self, key: str) -> tuple[str, list[VersionStatus]]:
+        entry = self.model(key)
+        served = self._serving_versions(entry.spec.slot)
+        return entry.name, [VersionStatus(info, info.version in served) for info in self._registry.versions(entry.name)]
+
+    def set_alias(
+        self, key: str, alias: str, version: str, *, expected: str | None = None, compare: bool = False
+    ) -> AliasChange:
+        """Point ``alias`` at ``version``. With ``compare``, only if it is on ``expected`` now (None: not set)."""
+        entry = self.model(key)
+        _require("alias", alias)
+        _require("version", version)
+        if not compare:
+            expected = self._registry.aliases(entry.name).get(alias)
+        # Compare-and-set either way: a move by someone else between the read above and the write is refused.
+        move_alias(self._registry, entry.name, alias, version, expected=expected)
+        self._watcher.nudge()
+        return AliasChange(entry.name, alias, version, expected)
+
+    def rollback(self, key: str) -> AliasChange:
+        entry = self.model(key)
+        left, restored = roll_back(self._registry, entry.name, CHAMPION)
+        self._watcher.nudge()
+        return AliasChange(entry.name, CHAMPION, restored, left)
+
+    def retrain(self, key: str, hyperparameters: Mapping[str, float], max_rows: int | None) -> Operation:
+        entry = self.model(key)
+        return self._operations.start(entry.spec.slot.value, hyperparameters, max_rows)
+
+    def operation(self, operation_id: str) -> Operation:
+        return self._operations.get(operation_id)
+
+    def operations(self, key: str) -> Sequence[Operation]:
+        slot = self.model(key).spec.slot.value if key else None
+        return self._operations.list(slot)
+
+    def _serving_versions(self, slot: ModelSlot) -> set[str]:
+        deployment = self._store.peek(slot)
+        return set() if deployment is None else {deployment.champion.description.ref.version}
+
+
+def _require(field: str, value: str) -> None:
+    if not value:
+        raise InvalidInputError(f"{field}: is required", (FieldViolation(field, "is required"),))

@@ -1,0 +1,114 @@
+"""gRPC adapter of the admin service (``prediction.v1.ModelAdmin``): convert, delegate, convert back.
+
+Authentication happens before any of this runs (``server.interceptors.AdminAuthInterceptor``).
+"""
+
+import grpc
+
+from protos.prediction.v1 import admin_pb2, admin_pb2_grpc
+from server.admin.operations import Operation, OperationState
+from server.admin.service import AliasChange, ModelAdmin, VersionStatus
+from server.converters import timestamp
+
+STATE_TO_PROTO = {
+    OperationState.QUEUED: admin_pb2.OPERATION_STATE_QUEUED,
+    OperationState.RUNNING: admin_pb2.OPERATION_STATE_RUNNING,
+    OperationState.SUCCEEDED: admin_pb2.OPERATION_STATE_SUCCEEDED,
+    OperationState.FAILED: admin_pb2.OPERATION_STATE_FAILED,
+}
+GATE_TAG = "champion_gate"
+GATE_REASON_TAG = "champion_gate_reason"
+
+
+def operation_to_proto(operation: Operation) -> admin_pb2.Operation:
+    message = admin_pb2.Operation(
+        id=operation.id,
+        model=operation.model,
+        state=STATE_TO_PROTO[operation.state],
+        hyperparameters=dict(operation.hyperparameters),
+        trigger=operation.trigger,
+        created_at=timestamp(operation.created_at),
+        candidate_metrics=dict(operation.candidate_metrics),
+        champion_metrics=dict(operation.champion_metrics),
+        champion_version=operation.champion_version or "",
+        registered_version=operation.registered_version or "",
+        decision={None: admin_pb2.GATE_DECISION_UNSPECIFIED, True: admin_pb2.GATE_DECISION_PROMOTED}.get(
+            operation.promoted, admin_pb2.GATE_DECISION_REJECTED
+        ),
+        decision_reason=operation.decision_reason,
+        failure_reason=operation.failure_reason,
+    )
+    if operation.max_rows is not None:
+        message.max_rows = operation.max_rows
+    if operation.started_at is not None:
+        message.started_at.CopyFrom(timestamp(operation.started_at))
+    if operation.finished_at is not None:
+        message.finished_at.CopyFrom(timestamp(operation.finished_at))
+    return message
+
+
+def version_to_proto(status: VersionStatus) -> admin_pb2.RegisteredVersion:
+    info = status.info
+    return admin_pb2.RegisteredVersion(
+        version=info.version,
+        aliases=list(info.aliases),
+        metrics=dict(info.metrics),
+        created_at=timestamp(info.created_at),
+        run_id=info.run_id,
+        gate_decision=info.tags.get(GATE_TAG, ""),
+        gate_reason=info.tags.get(GATE_REASON_TAG, ""),
+        serving=status.serving,
+    )
+
+
+def alias_change_to_proto(change: AliasChange) -> admin_pb2.AliasChange:
+    return admin_pb2.AliasChange(
+        name=change.name, alias=change.alias, version=change.version, previous_version=change.previous_version or ""
+    )
+
+
+class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
+    def __init__(self, admin: ModelAdmin) -> None:
+        self._admin = admin
+
+    def Retrain(  # noqa: N802 - names come from the proto
+        self, request: admin_pb2.RetrainRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.Operation:
+        max_rows = request.max_rows if request.HasField("max_rows") else None
+        return operation_to_proto(self._admin.retrain(request.model, dict(request.hyperparameters), max_rows))
+
+    def GetOperation(  # noqa: N802
+        self, request: admin_pb2.GetOperationRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.Operation:
+        return operation_to_proto(self._admin.operation(request.id))
+
+    def ListOperations(  # noqa: N802
+        self, request: admin_pb2.ListOperationsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListOperationsResponse:
+        return admin_pb2.ListOperationsResponse(
+            operations=[operation_to_proto(each) for each in self._admin.operations(request.model)]
+        )
+
+    def ListModelVersions(  # noqa: N802
+        self, request: admin_pb2.ListModelVersionsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListModelVersionsResponse:
+        name, versions = self._admin.list_versions(request.model)
+        return admin_pb2.ListModelVersionsResponse(name=name, versions=[version_to_proto(each) for each in versions])
+
+    def SetAlias(  # noqa: N802
+        self, request: admin_pb2.SetAliasRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.AliasChange:
+        compare = request.HasField("expected_version")
+        change = self._admin.set_alias(
+            request.model,
+            request.alias,
+            request.version,
+            expected=request.expected_version or None,
+            compare=compare,
+        )
+        return alias_change_to_proto(change)
+
+    def Rollback(  # noqa: N802
+        self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.AliasChange:
+        return alias_change_to_proto(self._admin.rollback(request.model))

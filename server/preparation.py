@@ -1,0 +1,133 @@
+"""Turning a registry artifact into a version fit to serve, or refusing it with a reason.
+
+Runs on the load path (start-up and hot reload, in the background), never on the request path. A version is
+served only after all of this passed:
+
+- its logged input signature names the service's features, in number and order (a version registered by hand
+  without a signature must at least take the right number of columns);
+- a classifier's ``classes_`` are exactly the service's labels (answers are mapped to species by position);
+- any fast path reproduced scikit-learn exactly on sample rows (else it is dropped, the version still serves);
+- smoke predictions on those sample rows, through the code that will answer requests, are finite and of the
+  right shape.
+"""
+
+import dataclasses
+import logging
+from datetime import UTC, datetime
+
+import numpy as np
+
+from model_registry import LoadedArtifact
+from server.domain import FloatMatrix, LoadedModel, ModelDescription, ModelVersionRef
+from server.execution import ModelOutputError, ModelRunner
+from server.fast_paths import compile_fast_path, reproduces
+from server.features import FeatureTable
+
+logger = logging.getLogger(__name__)
+
+# Rows on which a fast path must reproduce the estimator exactly, and on which smoke predictions run.
+VERIFICATION_ROWS = 256
+
+
+class ModelValidationError(Exception):
+    """A version that must not be served; ``reason`` is short and stable (a metric label)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def sample_rows(features: FeatureTable, count: int) -> FloatMatrix:
+    """Valid inputs (fixed seed): the example row, rows around it, and rows over the whole accepted range."""
+    generator = np.random.default_rng(0)
+    low = np.array([spec.minimum for spec in features.specs])
+    high = np.array([spec.maximum for spec in features.specs])
+    near = count // 2
+    typical = features.example_row * generator.uniform(0.5, 1.5, size=(near, len(features)))
+    spread = generator.uniform(low, high, size=(count - near - 1, len(features)))
+    return np.vstack([features.example_row, np.clip(typical, low, high), spread])
+
+
+def describe_estimator(estimator: object) -> str:
+    cls = type(estimator)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class ModelPreparer:
+    """Checks one service's candidate versions and equips them (fast path) for its ``ModelRunner``."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self._runner = runner
+        self._spec = runner.spec
+        self._sample = sample_rows(self._spec.features, VERIFICATION_ROWS)
+
+    def prepare(self, artifact: LoadedArtifact, alias: str) -> LoadedModel:
+        info = artifact.info
+        model_uri = f"models:/{info.name}/{info.version}"
+        self._check_inputs(artifact, model_uri)
+        self._check_classes(artifact.estimator, model_uri)
+        description = ModelDescription(
+            ref=ModelVersionRef(name=info.name, version=info.version, alias=alias, run_id=info.run_id),
+            model_uri=model_uri,
+            estimator=describe_estimator(artifact.estimator),
+            loaded_at=datetime.now(UTC),
+            training_metrics=dict(info.metrics),
+        )
+        model = LoadedModel(description=description, estimator=artifact.estimator)
+        model = self._with_fast_path(model)
+        self._smoke_test(model)
+        return model
+
+    def _check_inputs(self, artifact: LoadedArtifact, model_uri: str) -> None:
+        expected = self._spec.features.names
+        if artifact.input_names is not None:
+            if artifact.input_names != expected:
+                raise ModelValidationError(
+                    "signature",
+                    f"{model_uri} takes inputs {list(artifact.input_names)}; the service sends {list(expected)}",
+                )
+            return
+        width = getattr(artifact.estimator, "n_features_in_", None)
+        if width is not None and int(width) != len(expected):
+            raise ModelValidationError(
+                "signature", f"{model_uri} takes {width} features; the service sends {len(expected)}"
+            )
+
+    def _check_classes(self, estimator: object, model_uri: str) -> None:
+        labels = self._spec.class_labels
+        if labels is None:
+            return
+        classes = getattr(estimator, "classes_", None)
+        if classes is None or [int(label) for label in classes] != list(labels):
+            raise ModelValidationError(
+                "classes",
+                f"{model_uri} has classes {classes!r}; expected {list(labels)} (setosa, versicolor, virginica)",
+            )
+
+    def _with_fast_path(self, model: LoadedModel) -> LoadedModel:
+        if not self._runner.small_batch_rows:
+            return model
+        fast_path = compile_fast_path(model.estimator, self._spec.estimator_method)
+        if fast_path is None:
+            return model
+        try:
+            exact = reproduces(fast_path, model.estimator, self._spec.estimator_method, self._sample)
+        except Exception:
+            logger.warning("%s: the fast path failed on sample rows; not used", model.description.model_uri)
+            return model
+        if not exact:
+            logger.warning("%s: fast path disagrees with scikit-learn; not used", model.description.model_uri)
+            return model
+        return dataclasses.replace(model, small_batch_predict=fast_path)
+
+    def _smoke_test(self, model: LoadedModel) -> None:
+        uri = model.description.model_uri
+        # One row takes the fast path when there is one (proven exact above); the whole sample, scikit-learn.
+        for rows in (self._spec.features.example_row, self._sample):
+            try:
+                self._runner.predict(model, rows)
+            except ModelOutputError as exc:
+                raise ModelValidationError("output", f"{uri} answered its smoke predictions wrongly: {exc}") from exc
+            except Exception as exc:
+                raise ModelValidationError("warm_up", f"{uri} failed its smoke predictions: {exc}") from exc
