@@ -1,4 +1,5 @@
-"""The admin endpoints, in front of ``prediction.v1.ModelAdmin``: retrain, operations, versions, aliases, rollback.
+"""The admin endpoints, in front of ``prediction.v1.ModelAdmin``: retrain, operations, versions, aliases, rollback,
+traffic split, logged predictions.
 
 Like every route they convert, call and convert back. The client's ``Authorization`` header goes to the server
 as ``authorization`` metadata and nowhere else (no log line, no error body); the bridge does not check it, the
@@ -42,7 +43,7 @@ ADMIN_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     **{key: value for key, value in ERROR_RESPONSES.items() if key in (504, "4XX", "5XX")},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {**_ERROR, "description": "No such operation or version (NOT_FOUND)."}
+    404: {**_ERROR, "description": "No such model, operation, version or prediction (NOT_FOUND)."}
 }
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {
@@ -64,6 +65,14 @@ ModelPath = Annotated[
 ]
 AliasPath = Annotated[
     str, Path(pattern=schemas.ALIAS_PATTERN, description='A registry alias, e.g. "champion".', examples=["champion"])
+]
+PredictionIdPath = Annotated[
+    str,
+    Path(
+        pattern=schemas.PREDICTION_ID_PATTERN,
+        description="The prediction's id (a UUID), as the prediction answer's prediction_id gave it.",
+        examples=["0192f0c4-7b1e-7c3a-9d2e-4f5a6b7c8d9e"],
+    ),
 ]
 OperationIdPath = Annotated[
     str,
@@ -167,3 +176,36 @@ def add_admin_routes(app: FastAPI, upstream: Upstream) -> None:
     async def rollback(model: ModelPath, request: Request) -> schemas.AliasChange:
         reply = await upstream.rollback(admin_pb2.RollbackRequest(model=model), _context(request))
         return converters.alias_change_from_proto(reply)
+
+    @app.put(
+        "/models/{model}/traffic",
+        summary="Set the A/B traffic split and shadow mode of a model",
+        description="challenger_percent of the traffic goes to the challenger (the version with alias "
+        '"challenger"); with shadow true, the challenger also predicts on a copy of the champion\'s traffic, off the '
+        "request path. Kept in the registry, so restarts and other replicas serve the same split. 422 for an unknown "
+        "model.",
+        responses=ADMIN_ERROR_RESPONSES,
+        tags=TAGS,
+        dependencies=DEPENDENCIES,
+    )
+    async def set_traffic_split(
+        model: ModelPath, body: schemas.SetTrafficSplitBody, request: Request
+    ) -> schemas.TrafficSplit:
+        reply = await upstream.set_traffic_split(converters.set_traffic_split_to_proto(model, body), _context(request))
+        return converters.traffic_split_from_proto(reply)
+
+    @app.get(
+        "/predictions/{prediction_id}",
+        summary="One logged prediction, with its inputs and output",
+        description="A row of the server's prediction log, by the prediction_id of a prediction answer. An admin "
+        "route because the log holds callers' inputs. 404 (NOT_FOUND) when the id is not, or no longer, in the log; "
+        "a prediction is written to the log shortly after it is answered.",
+        responses={**ADMIN_ERROR_RESPONSES, **NOT_FOUND},
+        tags=TAGS,
+        dependencies=DEPENDENCIES,
+    )
+    async def get_prediction(prediction_id: PredictionIdPath, request: Request) -> schemas.LoggedPrediction:
+        reply = await upstream.get_prediction(
+            admin_pb2.GetPredictionRequest(prediction_id=prediction_id), _context(request)
+        )
+        return converters.logged_prediction_from_proto(reply)

@@ -60,7 +60,13 @@ def iris_batch_to_proto(batch: schemas.IrisBatchRequest) -> iris_pb2.IrisBatchRe
 
 
 def model_version_from_proto(message: model_pb2.ModelVersion) -> schemas.ModelVersion:
-    return schemas.ModelVersion(name=message.name, version=message.version, alias=message.alias, run_id=message.run_id)
+    return schemas.ModelVersion(
+        name=message.name,
+        version=message.version,
+        alias=message.alias,
+        run_id=message.run_id,
+        variant=message.variant,
+    )
 
 
 def housing_prediction_from_proto(message: housing_pb2.HousingPrediction) -> schemas.HousingPrediction:
@@ -68,6 +74,7 @@ def housing_prediction_from_proto(message: housing_pb2.HousingPrediction) -> sch
         median_house_value=message.median_house_value,
         median_house_value_usd=message.median_house_value_usd,
         model=model_version_from_proto(message.model),
+        prediction_id=message.prediction_id,
     )
 
 
@@ -75,7 +82,9 @@ def housing_batch_from_proto(message: housing_pb2.HousingBatchPrediction) -> sch
     return schemas.HousingBatchPrediction(
         predictions=[
             schemas.HousingValue(
-                median_house_value=value.median_house_value, median_house_value_usd=value.median_house_value_usd
+                median_house_value=value.median_house_value,
+                median_house_value_usd=value.median_house_value_usd,
+                prediction_id=value.prediction_id,
             )
             for value in message.predictions
         ],
@@ -125,6 +134,7 @@ def iris_prediction_from_proto(message: iris_pb2.IrisPrediction) -> schemas.Iris
         probabilities=_probabilities(message.probabilities),
         confidence=message.confidence,
         model=model_version_from_proto(message.model),
+        prediction_id=message.prediction_id,
     )
 
 
@@ -136,6 +146,7 @@ def iris_batch_from_proto(message: iris_pb2.IrisBatchPrediction) -> schemas.Iris
                 species_name=each.species_name,
                 probabilities=_probabilities(each.probabilities),
                 confidence=each.confidence,
+                prediction_id=each.prediction_id,
             )
             for each in message.classifications
         ],
@@ -165,6 +176,13 @@ def model_info_from_proto(message: model_pb2.ModelInfo) -> schemas.ModelInfo:
         if message.HasField("last_load_failure")
         else None,
         registry_reachable=message.registry_reachable,
+        challenger=model_version_from_proto(message.challenger) if message.HasField("challenger") else None,
+        challenger_percent=message.challenger_percent,
+        shadow=message.shadow,
+        challenger_load_failure=load_failure_from_proto(message.challenger_load_failure)
+        if message.HasField("challenger_load_failure")
+        else None,
+        configured_challenger_percent=message.configured_challenger_percent,
     )
 
 
@@ -231,4 +249,28 @@ def model_versions_from_proto(message: admin_pb2.ListModelVersionsResponse) -> s
 def alias_change_from_proto(message: admin_pb2.AliasChange) -> schemas.AliasChange:
     return schemas.AliasChange(
         name=message.name, alias=message.alias, version=message.version, previous_version=message.previous_version
+    )
+
+
+def set_traffic_split_to_proto(model: str, body: schemas.SetTrafficSplitBody) -> admin_pb2.SetTrafficSplitRequest:
+    return admin_pb2.SetTrafficSplitRequest(model=model, **body.model_dump())
+
+
+def traffic_split_from_proto(message: admin_pb2.TrafficSplit) -> schemas.TrafficSplit:
+    return schemas.TrafficSplit(name=message.name, challenger_percent=message.challenger_percent, shadow=message.shadow)
+
+
+def logged_prediction_from_proto(message: admin_pb2.LoggedPrediction) -> schemas.LoggedPrediction:
+    return schemas.LoggedPrediction(
+        prediction_id=message.prediction_id,
+        logged_at=_moment(message.logged_at),
+        service=message.service,
+        model=message.model,
+        version=message.version,
+        variant=message.variant,
+        inputs=dict(message.inputs),
+        output=dict(message.output),
+        latency_ms=message.latency_ms,
+        request_id=message.request_id,
+        routing_key=message.routing_key,
     )

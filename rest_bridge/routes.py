@@ -4,14 +4,14 @@ The paths are those of the original HTTP API, so its clients keep working.
 """
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Header, Request, Response
 
 from rest_bridge import converters, schemas
 from rest_bridge.errors import request_id_of
 from rest_bridge.metrics import CONTENT_TYPE, BridgeMetrics
-from rest_bridge.upstream import HOUSING_SERVICE, IRIS_SERVICE, Upstream
+from rest_bridge.upstream import HOUSING_SERVICE, IRIS_SERVICE, MAX_ROUTING_KEY_LENGTH, Upstream
 
 _ERROR = {"model": schemas.ErrorResponse}
 # Every route may answer with any of these; the status table is in the README and rest_bridge.errors.
@@ -22,6 +22,18 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     "4XX": {**_ERROR, "description": "Another client error, mapped from the gRPC status."},
     "5XX": {**_ERROR, "description": "Another server error, mapped from the gRPC status."},
 }
+# Taken as any string and never refused: a key the server cannot use is not sent, and routing is random.
+RoutingKey = Annotated[
+    str | None,
+    Header(
+        alias="X-Routing-Key",
+        description="Sticky A/B routing: requests with the same key always reach the same variant (champion or "
+        "challenger) for a given traffic split, e.g. a user or session id. Forwarded to the server as "
+        f"`x-routing-key` when it is printable ASCII of 1 to {MAX_ROUTING_KEY_LENGTH} characters, otherwise not "
+        "sent; without one the variant is chosen at random in the split's proportion.",
+        examples=["user-42"],
+    ),
+]
 METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}, "description": "Prometheus text format."}
 }
@@ -37,9 +49,14 @@ def add_routes(app: FastAPI, upstream: Upstream, metrics: BridgeMetrics) -> None
         summary="Predict the median house value of one block group",
         responses=ERROR_RESPONSES,
     )
-    async def predict_housing(features: schemas.HousingFeatures, request: Request) -> schemas.HousingPrediction:
+    async def predict_housing(
+        features: schemas.HousingFeatures, request: Request, routing_key: RoutingKey = None
+    ) -> schemas.HousingPrediction:
         reply = await upstream.predict_housing(
-            converters.housing_features_to_proto(features), request_id=request_id_of(request), receive=request.receive
+            converters.housing_features_to_proto(features),
+            request_id=request_id_of(request),
+            receive=request.receive,
+            routing_key=routing_key,
         )
         return converters.housing_prediction_from_proto(reply)
 
@@ -50,17 +67,25 @@ def add_routes(app: FastAPI, upstream: Upstream, metrics: BridgeMetrics) -> None
         responses=ERROR_RESPONSES,
     )
     async def predict_housing_batch(
-        batch: schemas.HousingBatchRequest, request: Request
+        batch: schemas.HousingBatchRequest, request: Request, routing_key: RoutingKey = None
     ) -> schemas.HousingBatchPrediction:
         reply = await upstream.predict_housing_batch(
-            converters.housing_batch_to_proto(batch), request_id=request_id_of(request), receive=request.receive
+            converters.housing_batch_to_proto(batch),
+            request_id=request_id_of(request),
+            receive=request.receive,
+            routing_key=routing_key,
         )
         return converters.housing_batch_from_proto(reply)
 
     @app.post("/predict/iris", tags=["iris"], summary="Classify one iris flower", responses=ERROR_RESPONSES)
-    async def predict_iris(features: schemas.IrisFeatures, request: Request) -> schemas.IrisPrediction:
+    async def predict_iris(
+        features: schemas.IrisFeatures, request: Request, routing_key: RoutingKey = None
+    ) -> schemas.IrisPrediction:
         reply = await upstream.classify_iris(
-            converters.iris_features_to_proto(features), request_id=request_id_of(request), receive=request.receive
+            converters.iris_features_to_proto(features),
+            request_id=request_id_of(request),
+            receive=request.receive,
+            routing_key=routing_key,
         )
         return converters.iris_prediction_from_proto(reply)
 
@@ -70,9 +95,14 @@ def add_routes(app: FastAPI, upstream: Upstream, metrics: BridgeMetrics) -> None
         summary="Classify many iris flowers with one model version",
         responses=ERROR_RESPONSES,
     )
-    async def predict_iris_batch(batch: schemas.IrisBatchRequest, request: Request) -> schemas.IrisBatchPrediction:
+    async def predict_iris_batch(
+        batch: schemas.IrisBatchRequest, request: Request, routing_key: RoutingKey = None
+    ) -> schemas.IrisBatchPrediction:
         reply = await upstream.classify_iris_batch(
-            converters.iris_batch_to_proto(batch), request_id=request_id_of(request), receive=request.receive
+            converters.iris_batch_to_proto(batch),
+            request_id=request_id_of(request),
+            receive=request.receive,
+            routing_key=routing_key,
         )
         return converters.iris_batch_from_proto(reply)
 

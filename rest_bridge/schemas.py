@@ -94,6 +94,10 @@ class ModelVersion(BaseModel):
     version: str = Field(description='Registry version number, as a string ("1", "2", ...).')
     alias: str = Field(description='Registry alias the server resolved to load this version, e.g. "champion".')
     run_id: str = Field(description="MLflow run id of the training run that produced this version.")
+    variant: str = Field(
+        description='Which variant of the deployment answered: "champion", or "challenger" for its share of an A/B '
+        "split."
+    )
 
 
 class HousingFeatures(BaseModel):
@@ -118,6 +122,10 @@ class HousingValue(BaseModel):
         description="Predicted median house value in units of $100,000 (2.07 = $207,000), the model's own unit."
     )
     median_house_value_usd: float = Field(description="The same prediction in US dollars.")
+    prediction_id: str = Field(
+        description="Unique id of this prediction (a UUIDv7): the key of its prediction-log row "
+        "(GET /predictions/{prediction_id})."
+    )
 
 
 class HousingPrediction(HousingValue):
@@ -179,6 +187,10 @@ class IrisClassification(BaseModel):
     probabilities: SpeciesProbabilities
     confidence: float = Field(
         ge=0, le=1, description="Probability of the predicted species (the largest of the three), from 1/3 to 1."
+    )
+    prediction_id: str = Field(
+        description="Unique id of this prediction (a UUIDv7): the key of its prediction-log row "
+        "(GET /predictions/{prediction_id})."
     )
 
 
@@ -254,6 +266,26 @@ class ModelInfo(BaseModel):
         description="Whether the server's last look at the model registry succeeded; while false it keeps serving "
         "what it has loaded."
     )
+    challenger: ModelVersion | None = Field(
+        description='The challenger (the version with alias "challenger"), when one is loaded; null otherwise.'
+    )
+    challenger_percent: float = Field(
+        ge=0,
+        le=100,
+        description="Percent of traffic (0 to 100) the challenger answers; 0 while no challenger is loaded.",
+    )
+    shadow: bool = Field(
+        description="Whether the challenger also predicts on a copy of the champion's traffic (its answers are "
+        "never returned)."
+    )
+    challenger_load_failure: LoadFailure | None = Field(
+        description="The last challenger version the server refused to serve; null when none."
+    )
+    configured_challenger_percent: float = Field(
+        ge=0,
+        le=100,
+        description="The traffic split as configured in the registry, which applies once a challenger is loaded.",
+    )
 
 
 class ModelsInfo(BaseModel):
@@ -286,6 +318,8 @@ ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 VERSION_PATTERN = r"^[0-9]{1,10}$"
 OPERATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 HYPERPARAMETER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+# A prediction id in the UUID text form (the server's are UUIDv7), either case.
+PREDICTION_ID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 MAX_HYPERPARAMETERS = 32
 UINT32_MAX = 2**32 - 1
 
@@ -490,3 +524,48 @@ class ErrorResponse(BaseModel):
     )
 
     error: ErrorDetail
+
+
+class SetTrafficSplitBody(BaseModel):
+    """Body of PUT /models/{model}/traffic: the A/B split and shadow mode of a model."""
+
+    model_config = ConfigDict(**_REQUEST, json_schema_extra={"examples": [{"challenger_percent": 10, "shadow": True}]})
+
+    challenger_percent: float = Field(
+        ge=0,
+        le=100,
+        strict=True,
+        description="Percent of traffic the challenger answers, 0 to 100. Requests with the same X-Routing-Key "
+        "always reach the same variant for a given split; without a key the choice is random in this proportion.",
+    )
+    shadow: bool = Field(
+        strict=True,
+        description="Whether the challenger also predicts on a copy of the champion's traffic, off the request "
+        "path (its answers are never returned).",
+    )
+
+
+class TrafficSplit(BaseModel):
+    """Answer to PUT /models/{model}/traffic: the split now in force (kept in the registry)."""
+
+    name: str = Field(description="The registered model name.")
+    challenger_percent: float = Field(description="Percent of traffic the challenger answers, 0 to 100.")
+    shadow: bool = Field(description="Whether the challenger predicts on a copy of the champion's traffic.")
+
+
+class LoggedPrediction(BaseModel):
+    """Answer to GET /predictions/{prediction_id}: one row of the prediction log."""
+
+    prediction_id: str = Field(description="The prediction's id (a UUIDv7).")
+    logged_at: datetime = Field(description="When the prediction was made (UTC).")
+    service: str = Field(description='The service key, "housing" or "iris".')
+    model: str = Field(description="Registered model name of the version that answered.")
+    version: str = Field(description="Registry version that answered.")
+    variant: str = Field(description='The variant that answered, "champion" or "challenger".')
+    inputs: dict[str, float] = Field(description="The request's features by name.")
+    output: dict[str, float] = Field(
+        description="The answer by name: median_house_value; or the three species probabilities."
+    )
+    latency_ms: float = Field(description="Validation and prediction time of the request the row belonged to.")
+    request_id: str = Field(description="The X-Request-ID of the request that made the prediction.")
+    routing_key: str = Field(description='The caller\'s X-Routing-Key, "" when none was sent.')

@@ -35,6 +35,9 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 REQUEST_ID_KEY = "x-request-id"
 AUTHORIZATION_KEY = "authorization"
+# Sticky A/B routing: requests with the same key always reach the same variant of a deployment.
+ROUTING_KEY = "x-routing-key"
+MAX_ROUTING_KEY_LENGTH = 256
 # Bearer tokens are short; gRPC refuses metadata over 8 KiB (soft) to 16 KiB (hard) in total.
 MAX_AUTHORIZATION_LENGTH = 4096
 HOUSING_SERVICE = housing_pb2.DESCRIPTOR.services_by_name["HousingPredictor"].full_name
@@ -61,6 +64,19 @@ def forwardable_authorization(value: str | None) -> str | None:
     checked here: the server is the one authority on the token.
     """
     if value is None or not 0 < len(value) <= MAX_AUTHORIZATION_LENGTH:
+        return None
+    if not all(" " <= character <= "~" for character in value):
+        return None
+    return value
+
+
+def forwardable_routing_key(value: str | None) -> str | None:
+    """The X-Routing-Key header as the server takes it, or None (not sent): printable ASCII, 1 to 256 characters.
+
+    A key that does not fit is dropped rather than refused: routing falls back to the random split, as for a
+    request without one.
+    """
+    if value is None or not 0 < len(value) <= MAX_ROUTING_KEY_LENGTH:
         return None
     if not all(" " <= character <= "~" for character in value):
         return None
@@ -133,11 +149,15 @@ class Upstream:
         receive: Receive,
         *,
         authorization: str | None = None,
+        routing_key: str | None = None,
     ) -> Response:
         metadata: tuple[tuple[str, str], ...] = ((REQUEST_ID_KEY, request_id),)
         forwarded = forwardable_authorization(authorization)
         if forwarded is not None:
             metadata += ((AUTHORIZATION_KEY, forwarded),)
+        key = forwardable_routing_key(routing_key)
+        if key is not None:
+            metadata += ((ROUTING_KEY, key),)
         call = rpc(message, timeout=self.timeout_seconds, metadata=metadata)
         try:
             return await cancel_on_disconnect(receive, call)
@@ -145,27 +165,65 @@ class Upstream:
             self._metrics.upstream_error(method, error.code())
             raise
 
+    # Prediction calls also carry the client's X-Routing-Key, when it has a usable one.
+
     async def predict_housing(
-        self, message: housing_pb2.HousingFeatures, *, request_id: str, receive: Receive
+        self,
+        message: housing_pb2.HousingFeatures,
+        *,
+        request_id: str,
+        receive: Receive,
+        routing_key: str | None = None,
     ) -> housing_pb2.HousingPrediction:
-        return await self._call(f"{HOUSING_SERVICE}/Predict", self._housing.Predict, message, request_id, receive)
+        return await self._call(
+            f"{HOUSING_SERVICE}/Predict", self._housing.Predict, message, request_id, receive, routing_key=routing_key
+        )
 
     async def predict_housing_batch(
-        self, message: housing_pb2.HousingBatchRequest, *, request_id: str, receive: Receive
+        self,
+        message: housing_pb2.HousingBatchRequest,
+        *,
+        request_id: str,
+        receive: Receive,
+        routing_key: str | None = None,
     ) -> housing_pb2.HousingBatchPrediction:
         return await self._call(
-            f"{HOUSING_SERVICE}/PredictBatch", self._housing.PredictBatch, message, request_id, receive
+            f"{HOUSING_SERVICE}/PredictBatch",
+            self._housing.PredictBatch,
+            message,
+            request_id,
+            receive,
+            routing_key=routing_key,
         )
 
     async def classify_iris(
-        self, message: iris_pb2.IrisFeatures, *, request_id: str, receive: Receive
+        self,
+        message: iris_pb2.IrisFeatures,
+        *,
+        request_id: str,
+        receive: Receive,
+        routing_key: str | None = None,
     ) -> iris_pb2.IrisPrediction:
-        return await self._call(f"{IRIS_SERVICE}/Classify", self._iris.Classify, message, request_id, receive)
+        return await self._call(
+            f"{IRIS_SERVICE}/Classify", self._iris.Classify, message, request_id, receive, routing_key=routing_key
+        )
 
     async def classify_iris_batch(
-        self, message: iris_pb2.IrisBatchRequest, *, request_id: str, receive: Receive
+        self,
+        message: iris_pb2.IrisBatchRequest,
+        *,
+        request_id: str,
+        receive: Receive,
+        routing_key: str | None = None,
     ) -> iris_pb2.IrisBatchPrediction:
-        return await self._call(f"{IRIS_SERVICE}/ClassifyBatch", self._iris.ClassifyBatch, message, request_id, receive)
+        return await self._call(
+            f"{IRIS_SERVICE}/ClassifyBatch",
+            self._iris.ClassifyBatch,
+            message,
+            request_id,
+            receive,
+            routing_key=routing_key,
+        )
 
     async def model_info(self, *, request_id: str, receive: Receive) -> tuple[model_pb2.ModelInfo, model_pb2.ModelInfo]:
         """Both services' model info, one call after the other (this is no hot path)."""
@@ -215,6 +273,16 @@ class Upstream:
 
     async def rollback(self, message: admin_pb2.RollbackRequest, context: AdminContext) -> admin_pb2.AliasChange:
         return await self._admin_call("Rollback", self._admin.Rollback, message, context)
+
+    async def set_traffic_split(
+        self, message: admin_pb2.SetTrafficSplitRequest, context: AdminContext
+    ) -> admin_pb2.TrafficSplit:
+        return await self._admin_call("SetTrafficSplit", self._admin.SetTrafficSplit, message, context)
+
+    async def get_prediction(
+        self, message: admin_pb2.GetPredictionRequest, context: AdminContext
+    ) -> admin_pb2.LoggedPrediction:
+        return await self._admin_call("GetPrediction", self._admin.GetPrediction, message, context)
 
     async def serving_status(self, service: str, *, request_id: str) -> str:
         """The health status name of ``service``, or the code name of the failed health check."""

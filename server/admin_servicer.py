@@ -3,12 +3,17 @@
 Authentication happens before any of this runs (``server.interceptors.AdminAuthInterceptor``).
 """
 
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
 import grpc
 
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc
 from server.admin.operations import Operation, OperationState
 from server.admin.service import AliasChange, ModelAdmin, VersionStatus
 from server.converters import timestamp
+from server.observe.prediction_log import LoggedPrediction
 
 STATE_TO_PROTO = {
     OperationState.QUEUED: admin_pb2.OPERATION_STATE_QUEUED,
@@ -58,6 +63,26 @@ def version_to_proto(status: VersionStatus) -> admin_pb2.RegisteredVersion:
         gate_decision=info.tags.get(GATE_TAG, ""),
         gate_reason=info.tags.get(GATE_REASON_TAG, ""),
         serving=status.serving,
+    )
+
+
+def logged_prediction_to_proto(row: LoggedPrediction) -> admin_pb2.LoggedPrediction:
+    # A non-finite number is stored as null (JSON has no NaN); the map cannot hold "no value", so it reads NaN.
+    def numbers(values: Mapping[str, float | None]) -> dict[str, float]:
+        return {name: math.nan if value is None else value for name, value in values.items()}
+
+    return admin_pb2.LoggedPrediction(
+        prediction_id=row.prediction_id,
+        logged_at=timestamp(datetime.fromtimestamp(row.logged_at, UTC)),
+        service=row.service,
+        model=row.model,
+        version=row.version,
+        variant=row.variant,
+        inputs=numbers(row.inputs),
+        output=numbers(row.output),
+        latency_ms=row.latency_ms,
+        request_id=row.request_id,
+        routing_key=row.routing_key or "",
     )
 
 
@@ -112,3 +137,14 @@ class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
         self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext
     ) -> admin_pb2.AliasChange:
         return alias_change_to_proto(self._admin.rollback(request.model))
+
+    def SetTrafficSplit(  # noqa: N802
+        self, request: admin_pb2.SetTrafficSplitRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.TrafficSplit:
+        name, split = self._admin.set_traffic_split(request.model, request.challenger_percent, shadow=request.shadow)
+        return admin_pb2.TrafficSplit(name=name, challenger_percent=split.challenger_percent, shadow=split.shadow)
+
+    def GetPrediction(  # noqa: N802
+        self, request: admin_pb2.GetPredictionRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.LoggedPrediction:
+        return logged_prediction_to_proto(self._admin.prediction(request.prediction_id))

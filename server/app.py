@@ -20,13 +20,15 @@ from server.admin.auth import AdminAuthenticator
 from server.admin.operations import OperationStore, RetrainRunner
 from server.admin.service import ModelAdmin
 from server.admin_servicer import ModelAdminServicer
-from server.core import HousingEndpoint, IrisEndpoint
+from server.core import HousingEndpoint, IrisEndpoint, Observers
 from server.domain import Deployment
 from server.execution import ModelRunner
 from server.interceptors import AdminAuthInterceptor, ServerCallInterceptor
 from server.lifecycle import ModelWatcher, WatchedModel
 from server.metrics import ModelMetrics
 from server.model_store import ModelSlot, ModelStore
+from server.observe.prediction_log import PredictionLog
+from server.observe.shadow import ShadowRunner
 from server.preparation import ModelPreparer
 from server.runtime import PredictRuntime
 from server.servicers import HousingPredictorServicer, IrisClassifierServicer
@@ -55,12 +57,17 @@ class PredictionServer:
     watcher: ModelWatcher
     retrainer: RetrainRunner
     metrics_registry: CollectorRegistry
+    observers: Observers = field(default_factory=Observers)
     executors: tuple[futures.ThreadPoolExecutor, ...] = ()
     metrics_port: int | None = None
     _metrics_http: WSGIServer | None = field(default=None, repr=False)
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def start(self) -> None:
+        if self.observers.prediction_log is not None:
+            self.observers.prediction_log.start()
+        if self.observers.shadow is not None:
+            self.observers.shadow.start()
         if self.settings.metrics_port is not None:
             self._metrics_http, _ = start_http_server(
                 self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.metrics_registry
@@ -84,6 +91,11 @@ class PredictionServer:
         self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace).wait()
         self.watcher.stop()
         self.retrainer.stop(timeout=5)
+        # After the last call: what the calls offered is written (or counted as dropped) before the exit.
+        if self.observers.shadow is not None:
+            self.observers.shadow.stop()
+        if self.observers.prediction_log is not None:
+            self.observers.prediction_log.close(timeout=5)
         for executor in self.executors:
             executor.shutdown(wait=True, cancel_futures=True)
         if self._metrics_http is not None:
@@ -152,11 +164,42 @@ def build_server(
     store = ModelStore()
     metrics = ModelMetrics(metrics_registry)
     runners = {spec.slot: ModelRunner(spec, runtime, settings.small_batch_rows) for spec in SERVICES}
+    observers = Observers(
+        prediction_log=PredictionLog(
+            settings.prediction_log_path,
+            queue_size=settings.prediction_log_queue_size,
+            batch_rows=settings.prediction_log_batch_rows,
+            flush_seconds=settings.prediction_log_flush_seconds,
+            max_age_seconds=None
+            if settings.prediction_log_max_age_days is None
+            else settings.prediction_log_max_age_days * 86_400,
+            max_rows=settings.prediction_log_max_rows,
+            metrics_registry=metrics_registry,
+        )
+        if settings.prediction_log
+        else None,
+        shadow=ShadowRunner(
+            {spec.slot.value: runners[spec.slot] for spec in SERVICES},
+            {spec.slot.value: spec.output_names for spec in SERVICES if spec.class_labels is not None},
+            metrics_registry,
+            queue_size=settings.shadow_queue_size,
+        ),
+    )
     housing = HousingEndpoint(
-        HOUSING, store=store, metrics=metrics, runner=runners[HOUSING.slot], max_batch_size=settings.max_batch_size
+        HOUSING,
+        store=store,
+        metrics=metrics,
+        runner=runners[HOUSING.slot],
+        max_batch_size=settings.max_batch_size,
+        observers=observers,
     )
     iris = IrisEndpoint(
-        IRIS, store=store, metrics=metrics, runner=runners[IRIS.slot], max_batch_size=settings.max_batch_size
+        IRIS,
+        store=store,
+        metrics=metrics,
+        runner=runners[IRIS.slot],
+        max_batch_size=settings.max_batch_size,
+        observers=observers,
     )
     names = {ModelSlot.HOUSING: settings.housing_model_name, ModelSlot.IRIS: settings.iris_model_name}
     watcher = ModelWatcher(
@@ -164,7 +207,13 @@ def build_server(
         store,
         metrics,
         [
-            WatchedModel(spec, names[spec.slot], settings.model_alias, ModelPreparer(runners[spec.slot]))
+            WatchedModel(
+                spec,
+                names[spec.slot],
+                settings.model_alias,
+                ModelPreparer(runners[spec.slot]),
+                challenger_alias=settings.challenger_alias,
+            )
             for spec in SERVICES
         ],
     )
@@ -184,7 +233,7 @@ def build_server(
         # A promoted candidate is served at once, not at the next poll.
         on_finished=lambda _operation: watcher.nudge(),
     )
-    admin = ModelAdmin(registry, watcher, store, retrainer)
+    admin = ModelAdmin(registry, watcher, store, retrainer, observers.prediction_log)
 
     housing_pb2_grpc.add_HousingPredictorServicer_to_server(HousingPredictorServicer(housing, watcher), grpc_server)
     iris_pb2_grpc.add_IrisClassifierServicer_to_server(IrisClassifierServicer(iris, watcher), grpc_server)
@@ -210,5 +259,6 @@ def build_server(
         watcher=watcher,
         retrainer=retrainer,
         metrics_registry=metrics_registry,
+        observers=observers,
         executors=(executor, health_pool),
     )

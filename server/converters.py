@@ -11,11 +11,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from data.schema import IRIS_SPECIES
 from protos.prediction.v1 import housing_pb2, iris_pb2, model_pb2
 from server.domain import (
+    Deployment,
     FeatureBatch,
     HousingPredictions,
     IrisClassifications,
     LoadFailure,
-    ModelDescription,
     ModelVersionRef,
 )
 from server.features import FeatureTable
@@ -47,8 +47,10 @@ def features_to_batch(messages: Sequence[Message], table: FeatureTable, *, is_ba
     return FeatureBatch(values=values, missing=missing, is_batch=is_batch)
 
 
-def model_version_to_proto(ref: ModelVersionRef) -> model_pb2.ModelVersion:
-    return model_pb2.ModelVersion(name=ref.name, version=ref.version, alias=ref.alias, run_id=ref.run_id)
+def model_version_to_proto(ref: ModelVersionRef, variant: str = "champion") -> model_pb2.ModelVersion:
+    return model_pb2.ModelVersion(
+        name=ref.name, version=ref.version, alias=ref.alias, run_id=ref.run_id, variant=variant
+    )
 
 
 def housing_prediction_to_proto(result: HousingPredictions) -> housing_pb2.HousingPrediction:
@@ -56,17 +58,20 @@ def housing_prediction_to_proto(result: HousingPredictions) -> housing_pb2.Housi
     return housing_pb2.HousingPrediction(
         median_house_value=value,
         median_house_value_usd=value * DOLLARS_PER_UNIT,
-        model=model_version_to_proto(result.model),
+        model=model_version_to_proto(result.model, result.variant),
+        prediction_id=result.prediction_ids[0],
     )
 
 
 def housing_batch_to_proto(result: HousingPredictions) -> housing_pb2.HousingBatchPrediction:
     return housing_pb2.HousingBatchPrediction(
         predictions=[
-            housing_pb2.HousingValue(median_house_value=value, median_house_value_usd=value * DOLLARS_PER_UNIT)
-            for value in result.values.tolist()
+            housing_pb2.HousingValue(
+                median_house_value=value, median_house_value_usd=value * DOLLARS_PER_UNIT, prediction_id=identifier
+            )
+            for value, identifier in zip(result.values.tolist(), result.prediction_ids, strict=True)
         ],
-        model=model_version_to_proto(result.model),
+        model=model_version_to_proto(result.model, result.variant),
     )
 
 
@@ -83,14 +88,19 @@ def _classified(row: list[float]) -> dict[str, Any]:
 
 def iris_prediction_to_proto(result: IrisClassifications) -> iris_pb2.IrisPrediction:
     return iris_pb2.IrisPrediction(
-        **_classified(result.probabilities[0].tolist()), model=model_version_to_proto(result.model)
+        **_classified(result.probabilities[0].tolist()),
+        model=model_version_to_proto(result.model, result.variant),
+        prediction_id=result.prediction_ids[0],
     )
 
 
 def iris_batch_to_proto(result: IrisClassifications) -> iris_pb2.IrisBatchPrediction:
     return iris_pb2.IrisBatchPrediction(
-        classifications=[iris_pb2.IrisClassification(**_classified(row)) for row in result.probabilities.tolist()],
-        model=model_version_to_proto(result.model),
+        classifications=[
+            iris_pb2.IrisClassification(**_classified(row), prediction_id=identifier)
+            for row, identifier in zip(result.probabilities.tolist(), result.prediction_ids, strict=True)
+        ],
+        model=model_version_to_proto(result.model, result.variant),
     )
 
 
@@ -107,13 +117,16 @@ def load_failure_to_proto(failure: LoadFailure) -> model_pb2.LoadFailure:
 
 
 def model_info_to_proto(
-    description: ModelDescription,
+    deployment: Deployment,
     table: FeatureTable,
     max_batch_size: int,
     *,
     last_load_failure: LoadFailure | None = None,
+    challenger_load_failure: LoadFailure | None = None,
     registry_reachable: bool = True,
 ) -> model_pb2.ModelInfo:
+    description = deployment.champion.description
+    challenger = deployment.challenger
     return model_pb2.ModelInfo(
         model=model_version_to_proto(description.ref),
         model_uri=description.model_uri,
@@ -133,4 +146,11 @@ def model_info_to_proto(
         max_batch_size=max_batch_size,
         last_load_failure=None if last_load_failure is None else load_failure_to_proto(last_load_failure),
         registry_reachable=registry_reachable,
+        challenger=None if challenger is None else model_version_to_proto(challenger.description.ref, "challenger"),
+        challenger_percent=deployment.challenger_percent,
+        shadow=deployment.shadow,
+        challenger_load_failure=(
+            None if challenger_load_failure is None else load_failure_to_proto(challenger_load_failure)
+        ),
+        configured_challenger_percent=deployment.split.challenger_percent,
     )

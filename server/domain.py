@@ -65,13 +65,38 @@ class LoadedModel:
 
 
 @dataclass(frozen=True, slots=True)
-class Deployment:
-    """What one service answers with right now; replaced whole, so a request sees one consistent value.
+class TrafficSplit:
+    """How a service shares its traffic: the challenger's percent (0 to 100), and whether it shadows the rest."""
 
-    Today a deployment is its champion; the challenger and the traffic split join it here.
+    challenger_percent: float = 0.0
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """What one service answers with right now; replaced whole, so a request sees one consistent value:
+    its champion, an optional challenger and the split between them.
+
+    ``split`` is what the registry configures; it takes effect only while a challenger is loaded.
     """
 
     champion: LoadedModel
+    challenger: LoadedModel | None = None
+    split: TrafficSplit = field(default_factory=TrafficSplit)
+
+    @property
+    def challenger_percent(self) -> float:
+        return self.split.challenger_percent if self.challenger is not None else 0.0
+
+    @property
+    def shadow(self) -> bool:
+        return self.split.shadow and self.challenger is not None
+
+    def versions(self) -> set[str]:
+        served = {self.champion.description.ref.version}
+        if self.challenger is not None:
+            served.add(self.challenger.description.ref.version)
+        return served
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +127,13 @@ NO_CONTEXT = RequestContext()
 
 @dataclass(frozen=True, slots=True)
 class HousingPredictions:
-    """Median house values in units of $100,000, one per row, and the model version that made them."""
+    """Median house values in units of $100,000, one per row, the version and variant that made them, and
+    one prediction id per row."""
 
     values: FloatMatrix
     model: ModelVersionRef
+    variant: str
+    prediction_ids: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +142,5 @@ class IrisClassifications:
 
     probabilities: FloatMatrix
     model: ModelVersionRef
+    variant: str
+    prediction_ids: list[str]

@@ -4,7 +4,8 @@
     ├── InvalidInputError      the caller sent something the model must not see (INVALID_ARGUMENT)
     ├── ModelUnavailableError  no model is loaded for the service yet (UNAVAILABLE)
     ├── UnauthenticatedError   an admin call without the right bearer token (UNAUTHENTICATED)
-    └── AdminDisabledError     an admin call to a server with no admin token configured (PERMISSION_DENIED)
+    ├── AdminDisabledError     an admin call to a server with no admin token configured (PERMISSION_DENIED)
+    └── PredictionNotFoundError  no logged prediction has this id (NOT_FOUND)
 
 The registry adapter's errors (``model_registry``), the retrain operations' (``server.admin.operations``) and
 the hyper-parameter allow-list's (``training.hyperparameters``) travel up unchanged. The gRPC layer maps all of
@@ -45,3 +46,7 @@ class UnauthenticatedError(PredictionServiceError):
 
 class AdminDisabledError(PredictionServiceError):
     """The server has no admin token configured, so it refuses every admin call."""
+
+
+class PredictionNotFoundError(PredictionServiceError):
+    """No logged prediction has this id (NOT_FOUND)."""

@@ -32,6 +32,7 @@ from server.errors import (
     AdminDisabledError,
     InvalidInputError,
     ModelUnavailableError,
+    PredictionNotFoundError,
     UnauthenticatedError,
 )
 from training.hyperparameters import HyperparameterError
@@ -49,6 +50,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RetrainRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (RunnerStoppedError, grpc.StatusCode.UNAVAILABLE),
     (OperationNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (PredictionNotFoundError, grpc.StatusCode.NOT_FOUND),
     (RegistryUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (VersionNotFoundError, grpc.StatusCode.NOT_FOUND),

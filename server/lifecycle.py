@@ -11,6 +11,8 @@ A registry that cannot be reached changes nothing for callers: the gauge ``model
 line is logged per outage, not per poll.
 """
 
+import dataclasses
+import json
 import logging
 import threading
 from collections.abc import Iterable
@@ -25,13 +27,51 @@ from model_registry import (
     RegistryError,
     RegistryUnavailableError,
 )
-from server.domain import Deployment, LoadedModel, LoadFailure
+from server.domain import Deployment, LoadedModel, LoadFailure, TrafficSplit
 from server.metrics import ModelMetrics
 from server.model_store import ModelSlot, ModelStore
 from server.preparation import ModelPreparer, ModelValidationError
 from server.services import ServiceSpec
 
 logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# The registered-model tag holding a model's traffic split, as JSON: {"challenger_percent": 10, "shadow": true}.
+SPLIT_TAG = "traffic_split"
+
+
+class _Unreachable:
+    """What an alias names while the registry cannot be asked: unknown."""
+
+
+def parse_split(raw: str | None) -> TrafficSplit:
+    """The split a tag value describes; no tag, or one that cannot be read, is no split at all."""
+    if not raw:
+        return TrafficSplit()
+    try:
+        data = json.loads(raw)
+        percent = float(data.get("challenger_percent", 0.0))
+        shadow = bool(data.get("shadow", False))
+    except (ValueError, TypeError, AttributeError):
+        logger.warning("the %s tag %r cannot be read; no traffic goes to the challenger", SPLIT_TAG, raw)
+        return TrafficSplit()
+    if not 0.0 <= percent <= 100.0:
+        return TrafficSplit()
+    return TrafficSplit(challenger_percent=percent, shadow=shadow)
+
+
+def split_tag(split: TrafficSplit) -> str:
+    return json.dumps({"challenger_percent": split.challenger_percent, "shadow": split.shadow})
+
+
+def _loaded_version(served: Deployment | None, version: str) -> LoadedModel | None:
+    if served is None:
+        return None
+    for model in (served.champion, served.challenger):
+        if model is not None and model.description.ref.version == version:
+            return model
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +82,7 @@ class WatchedModel:
     name: str
     alias: str
     preparer: ModelPreparer
+    challenger_alias: str = "challenger"
 
 
 class ModelWatcher:
@@ -52,7 +93,7 @@ class ModelWatcher:
         self._store = store
         self._metrics = metrics
         self._watched = {entry.spec.slot: entry for entry in watched}
-        self._failures: dict[ModelSlot, LoadFailure] = {}
+        self._failures: dict[tuple[ModelSlot, str], LoadFailure] = {}
         self._registry_up: bool | None = None
         # One sync at a time: the poll thread, start-up and tests never load the same slot twice at once.
         self._sync_lock = threading.Lock()
@@ -71,8 +112,8 @@ class ModelWatcher:
     def registry_reachable(self) -> bool:
         return bool(self._registry_up)
 
-    def last_failure(self, slot: ModelSlot) -> LoadFailure | None:
-        return self._failures.get(slot)
+    def last_failure(self, slot: ModelSlot, *, challenger: bool = False) -> LoadFailure | None:
+        return self._failures.get((slot, CHALLENGER if challenger else CHAMPION))
 
     def sync_all(self) -> dict[ModelSlot, bool]:
         return {slot: self.sync(slot) for slot in self._watched}
@@ -84,43 +125,100 @@ class ModelWatcher:
 
     def _sync(self, entry: WatchedModel) -> bool:
         slot = entry.spec.slot
-        target = self._resolve(entry)
-        if target is None:
-            return False
         served = self._store.peek(slot)
-        if served is not None and served.champion.description.ref.version == target:
-            self._failures.pop(slot, None)
-            return True
-        failure = self._failures.get(slot)
-        if failure is not None and failure.version == target:
-            return False  # refused already: not again until the alias moves
-        model = self._prepare(entry, target)
-        if model is None:
+        current_champion = None if served is None else served.champion
+        current_challenger = None if served is None else served.challenger
+        champion = self._follow_alias(entry, CHAMPION, current_champion, served)
+        if champion is None:
             return False
-        self._store.put(slot, Deployment(champion=model))
-        self._failures.pop(slot, None)
-        ref = model.description.ref
-        logger.info("%s serving %s version %s (alias %s, run %s)", slot, ref.name, ref.version, ref.alias, ref.run_id)
+        challenger = self._follow_alias(entry, CHALLENGER, current_challenger, served)
+        split = self._split(entry)
+        if split is None:  # the registry is unreachable: keep what is served
+            split = TrafficSplit() if served is None else served.split
+        if (
+            served is None
+            or champion is not served.champion
+            or challenger is not served.challenger
+            or split != served.split
+        ):
+            self._store.put(slot, Deployment(champion=champion, challenger=challenger, split=split))
+            for role, model in ((CHAMPION, champion), (CHALLENGER, challenger)):
+                before = None if served is None else (served.champion if role == CHAMPION else served.challenger)
+                if model is not None and model is not before:
+                    ref = model.description.ref
+                    logger.info(
+                        "%s serving %s version %s as %s (alias %s, run %s)",
+                        slot,
+                        ref.name,
+                        ref.version,
+                        role,
+                        ref.alias,
+                        ref.run_id,
+                    )
         return True
 
-    def _resolve(self, entry: WatchedModel) -> str | None:
-        """The version the alias names now, or None (registry down, or no such alias: recorded)."""
+    def _follow_alias(  # noqa: PLR0911 - each way out is one case of the alias's state
+        self, entry: WatchedModel, role: str, current: LoadedModel | None, served: Deployment | None
+    ) -> LoadedModel | None:
+        """The model ``role``'s alias names now: ``current`` when nothing changed or the change was refused."""
+        alias = entry.alias if role == CHAMPION else entry.challenger_alias
+        target = self._resolve(entry, alias, role)
+        if isinstance(target, _Unreachable):
+            return current
+        key = (entry.spec.slot, role)
+        if target is None:  # no such alias: fine for a challenger (there is none), an error for the champion
+            if role == CHALLENGER:
+                self._failures.pop(key, None)
+                return None
+            return current
+        if current is not None and current.description.ref.version == target:
+            self._failures.pop(key, None)
+            return current
+        reusable = _loaded_version(served, target)
+        if reusable is not None:  # e.g. the challenger promoted to champion: no download, no second proof
+            self._failures.pop(key, None)
+            ref = dataclasses.replace(reusable.description.ref, alias=alias)
+            return dataclasses.replace(reusable, description=dataclasses.replace(reusable.description, ref=ref))
+        failure = self._failures.get(key)
+        if failure is not None and failure.version == target:
+            return current  # refused already: not again until the alias moves
+        model = self._prepare(entry, role, alias, target)
+        if model is None:
+            return current
+        self._failures.pop(key, None)
+        return model
+
+    def _resolve(self, entry: WatchedModel, alias: str, role: str) -> "str | _Unreachable | None":
+        """The version ``alias`` names now; None when it is not set (recorded for the champion), or
+        ``_UNREACHABLE`` when the registry cannot be asked."""
         try:
-            target = self._registry.resolve(entry.name, entry.alias)
+            target = self._registry.resolve(entry.name, alias)
         except RegistryUnavailableError as exc:
             self._registry_reached(False, exc)
-            return None
+            return _Unreachable()
         except (AliasNotFoundError, ModelNotFoundError) as exc:
             self._registry_reached(True)
-            self._refuse(entry, "", "not_found", str(exc))
+            if role == CHAMPION:
+                self._refuse(entry, role, "", "not_found", str(exc))
             return None
         self._registry_reached(True)
         return target.version
 
-    def _prepare(self, entry: WatchedModel, version: str) -> LoadedModel | None:
+    def _split(self, entry: WatchedModel) -> TrafficSplit | None:
+        """The split the registry configures for the model (None: the registry is unreachable)."""
+        try:
+            raw = self._registry.model_tags(entry.name).get(SPLIT_TAG)
+        except RegistryUnavailableError as exc:
+            self._registry_reached(False, exc)
+            return None
+        except RegistryError:
+            return TrafficSplit()
+        return parse_split(raw)
+
+    def _prepare(self, entry: WatchedModel, role: str, alias: str, version: str) -> LoadedModel | None:
         """Download, check and equip one version; None when it was refused (recorded) or the registry is down."""
         try:
-            return entry.preparer.prepare(self._registry.load(entry.name, version), entry.alias)
+            return entry.preparer.prepare(self._registry.load(entry.name, version), alias)
         except RegistryUnavailableError as exc:
             self._registry_reached(False, exc)
             return None
@@ -133,15 +231,16 @@ class ModelWatcher:
         except Exception as exc:
             logger.exception("%s v%s could not be prepared", entry.name, version)
             failure = ("warm_up", f"unexpected error while preparing: {type(exc).__name__}")
-        self._refuse(entry, version, *failure)
+        self._refuse(entry, role, version, *failure)
         return None
 
-    def _refuse(self, entry: WatchedModel, version: str, reason: str, message: str) -> None:
+    def _refuse(self, entry: WatchedModel, role: str, version: str, reason: str, message: str) -> None:
         slot = entry.spec.slot
-        previous = self._failures.get(slot)
+        key = (slot, role)
+        previous = self._failures.get(key)
         if previous is not None and (previous.version, previous.reason) == (version, reason):
             return
-        self._failures[slot] = LoadFailure(version=version, reason=reason, message=message, failed_at=datetime.now(UTC))
+        self._failures[key] = LoadFailure(version=version, reason=reason, message=message, failed_at=datetime.now(UTC))
         self._metrics.load_failures.labels(entry.spec.service_name, reason).inc()
         served = self._store.peek(slot)
         keeping = (
@@ -149,7 +248,7 @@ class ModelWatcher:
             if served is not None
             else "; nothing to serve"
         )
-        logger.error("%s model not loaded (%s): %s%s", slot, reason, message, keeping)
+        logger.error("%s %s model not loaded (%s): %s%s", slot, role, reason, message, keeping)
 
     def _registry_reached(self, reachable: bool, error: Exception | None = None) -> None:
         if reachable == self._registry_up:

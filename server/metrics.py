@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from server.domain import Deployment, ModelVersionRef
+from server.domain import Deployment, LoadedModel, ModelVersionRef
 
 # Sub-millisecond resolution: a linear model answers in ~0.2 ms, a forest in several ms.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -36,34 +36,35 @@ class ModelMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.predictions = Counter(
             "model_predictions_total",
-            "Instances predicted, by registered model, version and outcome (success, invalid_input, error).",
-            ["model", "version", "outcome"],
+            "Instances predicted, by registered model, version, variant (champion, challenger) and outcome "
+            "(success, invalid_input, error).",
+            ["model", "version", "variant", "outcome"],
             registry=registry,
         )
         self.latency = Histogram(
             "model_prediction_duration_seconds",
             "Time to validate and predict one request (single instance or whole batch), in seconds.",
-            ["model", "version"],
+            ["model", "version", "variant"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
             "model_batch_size",
             "Instances per prediction request (1 for single-instance calls).",
-            ["model"],
+            ["model", "variant"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
         self.loaded = Gauge(
             "model_loaded_info",
-            "1 for each model version a service is serving, with its name, version, alias and run id.",
-            ["service", "model", "version", "alias", "run_id"],
+            "1 for each model version a service is serving, with its name, version, alias, run id and variant.",
+            ["service", "model", "version", "alias", "run_id", "variant"],
             registry=registry,
         )
         self.loaded_at = Gauge(
             "model_loaded_timestamp_seconds",
-            "Unix time at which the served version of each service's model was loaded.",
-            ["service"],
+            "Unix time at which the served version of each service's variant was loaded.",
+            ["service", "variant"],
             registry=registry,
         )
         self.load_failures = Counter(
@@ -79,33 +80,58 @@ class ModelMetrics:
             ["service"],
             registry=registry,
         )
+        self.challenger_percent = Gauge(
+            "model_traffic_challenger_percent",
+            "Percent of a service's traffic its challenger answers now (0 while no challenger is loaded).",
+            ["service"],
+            registry=registry,
+        )
+        self.shadow_enabled = Gauge(
+            "model_traffic_shadow",
+            "1 while a service's challenger predicts on a copy of the champion's traffic.",
+            ["service"],
+            registry=registry,
+        )
         self.registry_up = Gauge(
             "model_registry_up",
             "1 when the server's last request to the model registry succeeded, 0 while it cannot be reached.",
             registry=registry,
         )
 
-    def bind(self, ref: ModelVersionRef) -> BoundModelMetrics:
+    def bind(self, ref: ModelVersionRef, variant: str) -> BoundModelMetrics:
         def outcome(name: str) -> Counter:
-            return self.predictions.labels(model=ref.name, version=ref.version, outcome=name)
+            return self.predictions.labels(model=ref.name, version=ref.version, variant=variant, outcome=name)
 
         return BoundModelMetrics(
             success=outcome(Outcome.SUCCESS),
             invalid_input=outcome(Outcome.INVALID_INPUT),
             error=outcome(Outcome.ERROR),
-            latency=self.latency.labels(model=ref.name, version=ref.version),
-            batch_size=self.batch_size.labels(model=ref.name),
+            latency=self.latency.labels(model=ref.name, version=ref.version, variant=variant),
+            batch_size=self.batch_size.labels(model=ref.name, variant=variant),
         )
 
     def deployment_changed(self, service: str, old: Deployment | None, new: Deployment | None) -> None:
-        if old is not None:
-            ref = old.champion.description.ref
-            self.loaded.remove(service, ref.name, ref.version, ref.alias, ref.run_id)
-        if new is not None:
-            ref = new.champion.description.ref
-            self.loaded.labels(service, ref.name, ref.version, ref.alias, ref.run_id).set(1)
-            self.loaded_at.labels(service).set(new.champion.description.loaded_at.timestamp())
-            if old is not None and old.champion is not new.champion:
+        before = _variants(old)
+        after = _variants(new)
+        for variant, model in before.items():
+            ref = model.description.ref
+            self.loaded.remove(service, ref.name, ref.version, ref.alias, ref.run_id, variant)
+            if variant not in after:
+                self.loaded_at.remove(service, variant)
+        for variant, model in after.items():
+            ref = model.description.ref
+            self.loaded.labels(service, ref.name, ref.version, ref.alias, ref.run_id, variant).set(1)
+            self.loaded_at.labels(service, variant).set(model.description.loaded_at.timestamp())
+            if variant in before and before[variant] is not model:
                 self.swaps.labels(service).inc()
-        else:
-            self.loaded_at.remove(service)
+        self.challenger_percent.labels(service).set(0.0 if new is None else new.challenger_percent)
+        self.shadow_enabled.labels(service).set(1.0 if new is not None and new.shadow else 0.0)
+
+
+def _variants(deployment: Deployment | None) -> dict[str, LoadedModel]:
+    if deployment is None:
+        return {}
+    variants = {"champion": deployment.champion}
+    if deployment.challenger is not None:
+        variants["challenger"] = deployment.challenger
+    return variants

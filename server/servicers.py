@@ -36,10 +36,11 @@ def request_context(context: grpc.ServicerContext) -> RequestContext:
 
 def _model_info(endpoint: ModelEndpoint, watcher: ModelWatcher) -> model_pb2.ModelInfo:
     return converters.model_info_to_proto(
-        endpoint.describe(),
+        endpoint.deployment(),
         endpoint.features,
         endpoint.max_batch_size,
         last_load_failure=watcher.last_failure(endpoint.slot),
+        challenger_load_failure=watcher.last_failure(endpoint.slot, challenger=True),
         registry_reachable=watcher.registry_reachable,
     )
 

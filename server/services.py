@@ -7,6 +7,7 @@ health and logs label every series of a service with it, the same value everywhe
 
 from dataclasses import dataclass
 
+from data.schema import HOUSING_TARGET, IRIS_SPECIES
 from protos.prediction.v1 import housing_pb2, iris_pb2
 from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE, FeatureTable
 from server.model_store import ModelSlot
@@ -24,6 +25,8 @@ class ServiceSpec:
     """``predict`` or ``predict_proba``."""
     output_columns: int | None
     """Columns of a correct answer: None for one value per row."""
+    output_names: tuple[str, ...]
+    """What each column of the answer is (the prediction log's output object)."""
     class_labels: tuple[int, ...] | None = None
     """A classifier's ``classes_``, in the order the answer's columns mean them."""
 
@@ -37,6 +40,7 @@ HOUSING = ServiceSpec(
     features=HOUSING_FEATURE_TABLE,
     estimator_method="predict",
     output_columns=None,
+    output_names=(HOUSING_TARGET,),
 )
 IRIS = ServiceSpec(
     slot=ModelSlot.IRIS,
@@ -44,6 +48,7 @@ IRIS = ServiceSpec(
     features=IRIS_FEATURE_TABLE,
     estimator_method="predict_proba",
     output_columns=len(IRIS_CLASS_LABELS),
+    output_names=IRIS_SPECIES,
     class_labels=IRIS_CLASS_LABELS,
 )
 SERVICES: tuple[ServiceSpec, ...] = (HOUSING, IRIS)

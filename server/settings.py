@@ -97,13 +97,32 @@ class ServerSettings(BaseSettings):
         True, description="Log one line per RPC (method, status, duration, x-request-id), off the request thread."
     )
 
+    challenger_alias: str = Field(
+        "challenger", min_length=1, description="Registry alias of the version that takes a share of traffic (A/B)."
+    )
+    shadow_queue_size: int = Field(
+        1000, ge=1, description="Requests waiting for the challenger's shadow prediction; beyond it copies are dropped."
+    )
+    prediction_log: bool = Field(True, description="Keep every prediction in the prediction log (SQLite).")
+    prediction_log_path: Path = Field(Path("logs/predictions.db"), description="The prediction log's database file.")
+    prediction_log_queue_size: int = Field(
+        10_000, ge=1, description="Requests waiting for the log's writer; beyond it rows are dropped and counted."
+    )
+    prediction_log_batch_rows: int = Field(1000, ge=1, description="Rows the writer inserts per transaction at most.")
+    prediction_log_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged row waits to be written.")
+    prediction_log_max_age_days: float | None = Field(
+        30.0, gt=0, description="Rows older than this are deleted by the writer; unset keeps them."
+    )
+    prediction_log_max_rows: int | None = Field(
+        5_000_000, ge=1, description="The writer keeps at most this many newest rows; unset keeps them all."
+    )
     retrain_workdir: Path = Field(
         Path(),
         description="Working directory of retrain children: where `python -m training` finds data/ and keeps "
         "mlartifacts/ (the directory the server was started in, by default).",
     )
 
-    @field_validator("state_dir", "retrain_workdir")
+    @field_validator("state_dir", "retrain_workdir", "prediction_log_path")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         # Retrain children run in their own working directory; every path they are given must be absolute.

@@ -4,6 +4,7 @@ Admin writes to the registry; it never loads a model. After moving an alias it n
 only thing that loads, so a change made here is served at once and hot reload and admin cannot disagree.
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -11,9 +12,11 @@ from typing import Protocol
 from model_registry import ModelRegistry, VersionInfo
 from model_registry.history import move_alias, roll_back
 from server.admin.operations import Operation
-from server.errors import FieldViolation, InvalidInputError
-from server.lifecycle import ModelWatcher, WatchedModel
+from server.domain import TrafficSplit
+from server.errors import FieldViolation, InvalidInputError, PredictionNotFoundError
+from server.lifecycle import SPLIT_TAG, ModelWatcher, WatchedModel, split_tag
 from server.model_store import ModelSlot, ModelStore
+from server.observe.prediction_log import LoggedPrediction, PredictionLog
 
 CHAMPION = "champion"
 
@@ -45,8 +48,14 @@ class AliasChange:
 
 class ModelAdmin:
     def __init__(
-        self, registry: ModelRegistry, watcher: ModelWatcher, store: ModelStore, operations: RetrainOperations
+        self,
+        registry: ModelRegistry,
+        watcher: ModelWatcher,
+        store: ModelStore,
+        operations: RetrainOperations,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
+        self._prediction_log = prediction_log
         self._registry = registry
         self._watcher = watcher
         self._store = store
@@ -99,9 +108,29 @@ class ModelAdmin:
         slot = self.model(key).spec.slot.value if key else None
         return self._operations.list(slot)
 
+    def set_traffic_split(self, key: str, challenger_percent: float, *, shadow: bool) -> tuple[str, TrafficSplit]:
+        """Keep the split in the registry (so restarts and replicas agree) and serve it at once."""
+        entry = self.model(key)
+        if not math.isfinite(challenger_percent) or not 0.0 <= challenger_percent <= 100.0:
+            description = f"must be between 0 and 100, got {challenger_percent}"
+            raise InvalidInputError(
+                f"challenger_percent: {description}", (FieldViolation("challenger_percent", description),)
+            )
+        split = TrafficSplit(challenger_percent=challenger_percent, shadow=shadow)
+        self._registry.set_model_tag(entry.name, SPLIT_TAG, split_tag(split))
+        self._watcher.nudge()
+        return entry.name, split
+
+    def prediction(self, prediction_id: str) -> LoggedPrediction:
+        found = None if self._prediction_log is None else self._prediction_log.get(prediction_id)
+        if found is None:
+            reason = "the prediction log is off" if self._prediction_log is None else "it is not in the log"
+            raise PredictionNotFoundError(f"prediction {prediction_id!r} not found: {reason}")
+        return found
+
     def _serving_versions(self, slot: ModelSlot) -> set[str]:
         deployment = self._store.peek(slot)
-        return set() if deployment is None else {deployment.champion.description.ref.version}
+        return set() if deployment is None else deployment.versions()
 
 
 def _require(field: str, value: str) -> None:

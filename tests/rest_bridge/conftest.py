@@ -82,6 +82,19 @@ def rest_json(message: Message) -> dict[str, Any]:
     return result
 
 
+def without_prediction_ids(value: Any) -> Any:
+    """``value`` (a JSON answer) without its prediction ids, each checked to be set: two calls with the same input
+    give the same answer but never the same id."""
+    if isinstance(value, dict):
+        if "prediction_id" in value:
+            assert isinstance(value["prediction_id"], str)
+            assert value["prediction_id"]
+        return {key: without_prediction_ids(each) for key, each in value.items() if key != "prediction_id"}
+    if isinstance(value, list):
+        return [without_prediction_ids(each) for each in value]
+    return value
+
+
 # A training child that trains nothing and fails at once.
 FAILING_TRAINING = "import sys\nprint('fake training: nothing trained')\nsys.exit(3)\n"
 

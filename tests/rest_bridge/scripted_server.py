@@ -12,7 +12,8 @@ the id is the script:
 
 Every call's metadata and request message are recorded, so tests can prove what reached the server. After its
 script, an admin call (``ModelAdmin``) needs ``authorization: Bearer scripted-token`` (else UNAUTHENTICATED),
-then answers with every field of its message set (``Retrain`` echoes its request in a QUEUED operation).
+then answers with every field of its message set (``Retrain`` echoes its request in a QUEUED operation,
+``SetTrafficSplit`` its split, ``GetPrediction`` its id).
 """
 
 import threading
@@ -42,6 +43,7 @@ from server.grpc_errors import rich_status
 HOLD_SECONDS = 10.0
 SCRIPTED_AUTHORIZATION = "Bearer scripted-token"
 OPERATION_ID = "0123456789abcdef0123456789abcdef"
+PREDICTION_ID = "0192f0c4-7b1e-7c3a-9d2e-4f5a6b7c8d9e"
 VIOLATIONS = (
     FieldViolation("instances[1].latitude", "must be at least 32 and at most 42.5, got 50"),
     FieldViolation("instances[2].longitude", "is required but was not set"),
@@ -90,7 +92,7 @@ class Script:
 
 
 def _version(name: str) -> model_pb2.ModelVersion:
-    return model_pb2.ModelVersion(name=name, version="7", alias="champion", run_id="run-7")
+    return model_pb2.ModelVersion(name=name, version="7", alias="champion", run_id="run-7", variant="champion")
 
 
 def model_info(name: str) -> model_pb2.ModelInfo:
@@ -105,7 +107,21 @@ def model_info(name: str) -> model_pb2.ModelInfo:
         max_batch_size=10,
         registry_reachable=name == "Housing",
     )
-    if name == "Iris":  # one service with a refused version, one without
+    if name == "Iris":  # one service with a refused version and a challenger, one without either
+        info.challenger.CopyFrom(
+            model_pb2.ModelVersion(name=name, version="9", alias="challenger", run_id="run-9", variant="challenger")
+        )
+        info.challenger_percent = 10.0
+        info.configured_challenger_percent = 10.0
+        info.shadow = True
+        info.challenger_load_failure.CopyFrom(
+            model_pb2.LoadFailure(
+                version="10",
+                reason="signature",
+                message="v10 wants 5 inputs",
+                failed_at=Timestamp(seconds=1_700_000_200),
+            )
+        )
         info.last_load_failure.CopyFrom(
             model_pb2.LoadFailure(
                 version="8", reason="warm_up", message="v8 answered NaN", failed_at=Timestamp(seconds=1_700_000_100)
@@ -121,12 +137,17 @@ class ScriptedHousing(housing_pb2_grpc.HousingPredictorServicer):
     def Predict(self, request: Any, context: grpc.ServicerContext) -> housing_pb2.HousingPrediction:  # noqa: N802
         self.script.run(context)
         return housing_pb2.HousingPrediction(
-            median_house_value=2.0, median_house_value_usd=200_000.0, model=_version("Housing")
+            median_house_value=2.0,
+            median_house_value_usd=200_000.0,
+            model=_version("Housing"),
+            prediction_id=PREDICTION_ID,
         )
 
     def PredictBatch(self, request: Any, context: grpc.ServicerContext) -> housing_pb2.HousingBatchPrediction:  # noqa: N802
         self.script.run(context)
-        value = housing_pb2.HousingValue(median_house_value=2.0, median_house_value_usd=200_000.0)
+        value = housing_pb2.HousingValue(
+            median_house_value=2.0, median_house_value_usd=200_000.0, prediction_id=PREDICTION_ID
+        )
         return housing_pb2.HousingBatchPrediction(
             predictions=[value] * len(request.instances), model=_version("Housing")
         )
@@ -142,6 +163,7 @@ def _classification() -> dict[str, Any]:
         "species_name": "virginica",
         "probabilities": iris_pb2.SpeciesProbabilities(setosa=0.1, versicolor=0.2, virginica=0.7),
         "confidence": 0.7,
+        "prediction_id": PREDICTION_ID,
     }
 
 
@@ -206,6 +228,23 @@ def registered_versions(name: str) -> admin_pb2.ListModelVersionsResponse:
     )
 
 
+def logged_prediction(prediction_id: str) -> admin_pb2.LoggedPrediction:
+    """A prediction-log row with every field set."""
+    return admin_pb2.LoggedPrediction(
+        prediction_id=prediction_id,
+        logged_at=Timestamp(seconds=1_700_000_300, nanos=250_000_000),
+        service="iris",
+        model="IrisBestModel",
+        version="9",
+        variant="challenger",
+        inputs={"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4, "petal_width_cm": 0.2},
+        output={"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03},
+        latency_ms=1.25,
+        request_id="req-1",
+        routing_key="user-42",
+    )
+
+
 class ScriptedAdmin(admin_pb2_grpc.ModelAdminServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
@@ -251,6 +290,16 @@ class ScriptedAdmin(admin_pb2_grpc.ModelAdminServicer):
     def Rollback(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.AliasChange:  # noqa: N802
         self._run(request, context)
         return admin_pb2.AliasChange(name=request.model, alias="champion", version="3", previous_version="4")
+
+    def SetTrafficSplit(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.TrafficSplit:  # noqa: N802
+        self._run(request, context)
+        return admin_pb2.TrafficSplit(
+            name=f"{request.model}-registered", challenger_percent=request.challenger_percent, shadow=request.shadow
+        )
+
+    def GetPrediction(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.LoggedPrediction:  # noqa: N802
+        self._run(request, context)
+        return logged_prediction(request.prediction_id)
 
 
 @dataclass

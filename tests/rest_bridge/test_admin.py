@@ -17,12 +17,14 @@ from rest_bridge.schemas import ErrorResponse
 from server.app import PredictionServer
 
 from ..server.conftest import in_memory_registry, running_server, small_iris_model
-from .conftest import bridge, fake_training, rest_json
+from .conftest import IRIS, bridge, fake_training, rest_json
 from .scripted_server import (
     OPERATION_ID,
+    PREDICTION_ID,
     SCRIPTED_AUTHORIZATION,
     ScriptedServer,
     finished_operation,
+    logged_prediction,
     registered_versions,
 )
 
@@ -33,6 +35,7 @@ TOKEN = "s3cret-7f3a9c"  # noqa: S105 - a test token, distinctive so that the lo
 AUTHORIZED = {"authorization": f"Bearer {TOKEN}"}
 WRONG = {"authorization": "Bearer wrong-c0ffee"}
 UNKNOWN_OPERATION = "ffffffffffffffffffffffffffffffff"
+UNKNOWN_PREDICTION = "00000000-0000-7000-8000-000000000000"
 # One call per admin route, none of which changes the registry whatever the answer; and what each gets from the
 # real server with the right token (proof that the servicer ran: a refusal of the call itself, not of the token).
 ROUTES: list[tuple[str, str, dict[str, Any] | None, int]] = [
@@ -42,6 +45,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, int]] = [
     ("GET", "/models/iris/versions", None, 200),
     ("PUT", "/models/iris/aliases/champion", {"version": "2", "expected_version": "2"}, 200),
     ("POST", "/models/housing/rollback", None, 400),
+    ("PUT", "/models/penguins/traffic", {"challenger_percent": 10, "shadow": True}, 422),
+    ("GET", f"/predictions/{UNKNOWN_PREDICTION}", None, 404),
 ]
 ROUTE_IDS = [f"{method} {path.split('?')[0]}" for method, path, _, _ in ROUTES]
 # A retrain child that waits for a `release` file next to it (at most a minute), then fails like a crashed training.
@@ -440,6 +445,27 @@ async def test_retrain_converts_both_ways(scripted: ScriptedServer):
             admin_pb2.RollbackRequest(model="housing"),
             admin_pb2.AliasChange(name="housing", alias="champion", version="3", previous_version="4"),
         ),
+        (
+            "PUT",
+            "/models/iris/traffic",
+            {"challenger_percent": 12.5, "shadow": True},
+            admin_pb2.SetTrafficSplitRequest(model="iris", challenger_percent=12.5, shadow=True),
+            admin_pb2.TrafficSplit(name="iris-registered", challenger_percent=12.5, shadow=True),
+        ),
+        (
+            "PUT",
+            "/models/IrisBestModel/traffic",
+            {"challenger_percent": 0, "shadow": False},
+            admin_pb2.SetTrafficSplitRequest(model="IrisBestModel"),
+            admin_pb2.TrafficSplit(name="IrisBestModel-registered"),
+        ),
+        (
+            "GET",
+            f"/predictions/{PREDICTION_ID}",
+            None,
+            admin_pb2.GetPredictionRequest(prediction_id=PREDICTION_ID),
+            logged_prediction(PREDICTION_ID),
+        ),
     ],
     ids=lambda case: f"{case[0]} {case[1]}",
 )
@@ -454,3 +480,76 @@ async def test_every_admin_route_converts_both_ways(scripted: ScriptedServer, ca
     assert received.ListFields() == sent.ListFields()
     if answer is not None:
         assert response.json() == rest_json(answer)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/predictions/not-a-uuid", None),
+        ("GET", f"/predictions/{PREDICTION_ID}x", None),
+        ("GET", f"/predictions/{PREDICTION_ID.replace('-', '')}", None),
+        ("PUT", "/models/iris/traffic", {"challenger_percent": 101, "shadow": False}),
+        ("PUT", "/models/iris/traffic", {"challenger_percent": -1, "shadow": False}),
+        ("PUT", "/models/iris/traffic", {"challenger_percent": "10", "shadow": False}),
+        ("PUT", "/models/iris/traffic", {"challenger_percent": 10}),
+        ("PUT", "/models/iris/traffic", {"challenger_percent": 10, "shadow": True, "sticky": True}),
+        ("PUT", "/models/bad name/traffic", {"challenger_percent": 10, "shadow": True}),
+    ],
+    ids=str,
+)
+async def test_the_bridge_refuses_bad_traffic_and_prediction_input(
+    scripted: ScriptedServer, method: str, path: str, body: Any
+):
+    calls = len(scripted.script.requests)
+    async with bridge(scripted.target) as client:
+        response = await _send(client, method, path, body, {"authorization": SCRIPTED_AUTHORIZATION})
+    _error(response, 422, "INVALID_ARGUMENT")
+    assert len(scripted.script.requests) == calls, "the server was called"
+
+
+async def test_a_traffic_split_is_kept_and_shown_in_models():
+    with running_server(in_memory_registry(), admin_token=TOKEN) as server:
+        async with bridge(_target(server)) as client:
+            split = await client.put(
+                "/models/iris/traffic", json={"challenger_percent": 25, "shadow": True}, headers=AUTHORIZED
+            )
+            assert split.status_code == 200, split.text
+            assert split.json() == {"name": "IrisBestModel", "challenger_percent": 25.0, "shadow": True}
+
+            async def configured() -> dict[str, Any] | None:
+                iris = (await client.get("/models")).json()["iris"]
+                return iris if iris["configured_challenger_percent"] == 25.0 else None
+
+            iris = await _eventually(configured, "GET /models shows the configured split")
+            housing = (await client.get("/models")).json()["housing"]
+    # No version has the challenger alias: nothing answers as the challenger, whatever is configured.
+    assert (iris["challenger"], iris["challenger_percent"], iris["challenger_load_failure"]) == (None, 0.0, None)
+    assert housing["configured_challenger_percent"] == 0.0
+
+
+async def test_a_prediction_can_be_fetched_from_the_log(admin_server: PredictionServer):
+    async with bridge(_target(admin_server)) as client:
+        predicted = await client.post("/predict/iris", json=IRIS, headers={"x-routing-key": "user-42"})
+        assert predicted.status_code == 200, predicted.text
+        answer = predicted.json()
+
+        async def logged() -> httpx.Response | None:
+            response = await client.get(f"/predictions/{answer['prediction_id']}", headers=AUTHORIZED)
+            if response.status_code == 404:
+                return None  # the log's writer has not flushed it yet
+            return response
+
+        found = await _eventually(logged, "the prediction is in the log", timeout=10.0)
+        unauthenticated = await client.get(f"/predictions/{answer['prediction_id']}")
+        missing = await client.get(f"/predictions/{UNKNOWN_PREDICTION}", headers=AUTHORIZED)
+    assert found.status_code == 200, found.text
+    row = found.json()
+    assert row["prediction_id"] == answer["prediction_id"]
+    assert (row["service"], row["model"], row["version"], row["variant"]) == ("iris", "IrisBestModel", "2", "champion")
+    assert row["inputs"] == IRIS
+    assert row["output"] == pytest.approx(answer["probabilities"])
+    assert (row["request_id"], row["routing_key"]) == (predicted.headers["x-request-id"], "user-42")
+    assert row["latency_ms"] >= 0
+    assert row["logged_at"].endswith("Z")
+    _error(unauthenticated, 401, "UNAUTHENTICATED")
+    assert UNKNOWN_PREDICTION in _error(missing, 404, "NOT_FOUND")

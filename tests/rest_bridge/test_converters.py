@@ -6,15 +6,16 @@ from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from protos.prediction.v1 import admin_pb2, housing_pb2, iris_pb2, model_pb2
 from rest_bridge import converters, schemas
 
 from .conftest import HOUSE, IRIS, rest_json
-from .scripted_server import finished_operation, registered_versions
+from .scripted_server import finished_operation, logged_prediction, registered_versions
 
-VERSION = model_pb2.ModelVersion(name="IrisBestModel", version="3", alias="champion", run_id="abc")
+VERSION = model_pb2.ModelVersion(name="IrisBestModel", version="3", alias="champion", run_id="abc", variant="champion")
+PREDICTION_ID = "0192f0c4-7b1e-7c3a-9d2e-4f5a6b7c8d9e"
 
 
 def test_requests_carry_every_feature():
@@ -44,6 +45,7 @@ def test_iris_answers():
             probabilities=probabilities,
             confidence=0.6,
             model=VERSION,
+            prediction_id=PREDICTION_ID,
         )
     )
     assert single.model_dump(mode="json") == {
@@ -51,29 +53,43 @@ def test_iris_answers():
         "species_name": "versicolor",
         "probabilities": {"setosa": 0.1, "versicolor": 0.6, "virginica": 0.3},
         "confidence": 0.6,
-        "model": {"name": "IrisBestModel", "version": "3", "alias": "champion", "run_id": "abc"},
+        "model": {"name": "IrisBestModel", "version": "3", "alias": "champion", "run_id": "abc", "variant": "champion"},
+        "prediction_id": PREDICTION_ID,
     }
     classification = iris_pb2.IrisClassification(
         species=iris_pb2.IRIS_SPECIES_SETOSA, species_name="setosa", probabilities=probabilities, confidence=0.9
     )
+    second = iris_pb2.IrisClassification()
+    second.CopyFrom(classification)
+    classification.prediction_id, second.prediction_id = "id-1", "id-2"
     batch = converters.iris_batch_from_proto(
-        iris_pb2.IrisBatchPrediction(classifications=[classification] * 2, model=VERSION)
+        iris_pb2.IrisBatchPrediction(classifications=[classification, second], model=VERSION)
     )
     assert [each.species for each in batch.classifications] == [schemas.IrisSpecies.SETOSA] * 2
+    assert [each.prediction_id for each in batch.classifications] == ["id-1", "id-2"]
+    assert batch.model.variant == "champion"
     assert batch.model.version == "3"
 
 
 def test_housing_answers():
     single = converters.housing_prediction_from_proto(
-        housing_pb2.HousingPrediction(median_house_value=2.5, median_house_value_usd=250_000, model=VERSION)
+        housing_pb2.HousingPrediction(
+            median_house_value=2.5, median_house_value_usd=250_000, model=VERSION, prediction_id=PREDICTION_ID
+        )
     )
     assert (single.median_house_value, single.median_house_value_usd, single.model.run_id) == (2.5, 250_000, "abc")
+    assert (single.prediction_id, single.model.variant) == (PREDICTION_ID, "champion")
     batch = converters.housing_batch_from_proto(
         housing_pb2.HousingBatchPrediction(
-            predictions=[housing_pb2.HousingValue(median_house_value=value) for value in (1.0, 2.0)], model=VERSION
+            predictions=[
+                housing_pb2.HousingValue(median_house_value=value, prediction_id=f"id-{value:g}")
+                for value in (1.0, 2.0)
+            ],
+            model=VERSION,
         )
     )
     assert [each.median_house_value for each in batch.predictions] == [1.0, 2.0]
+    assert [each.prediction_id for each in batch.predictions] == ["id-1", "id-2"]
 
 
 def test_model_info():
@@ -113,6 +129,30 @@ def test_model_info_carries_the_last_load_failure_and_registry_reachability():
     assert (healthy.last_load_failure, healthy.registry_reachable) == (None, False)
 
 
+def test_model_info_carries_the_challenger_and_the_split():
+    challenger = model_pb2.ModelVersion(name="IrisBestModel", version="4", alias="challenger", variant="challenger")
+    failure = model_pb2.LoadFailure(version="5", reason="warm_up", message="NaN", failed_at=Timestamp(seconds=1))
+    message = model_pb2.ModelInfo(
+        model=VERSION,
+        loaded_at=Timestamp(),
+        challenger=challenger,
+        challenger_percent=25.0,
+        shadow=True,
+        challenger_load_failure=failure,
+        configured_challenger_percent=30.0,
+    )
+    info = converters.model_info_from_proto(message)
+    assert info.model_dump(mode="json") == rest_json(message)
+    assert info.challenger is not None
+    assert (info.challenger.version, info.challenger.variant) == ("4", "challenger")
+    assert (info.challenger_percent, info.shadow, info.configured_challenger_percent) == (25.0, True, 30.0)
+    assert info.challenger_load_failure is not None
+    assert info.challenger_load_failure.reason == "warm_up"
+    alone = converters.model_info_from_proto(model_pb2.ModelInfo(configured_challenger_percent=10.0))
+    assert (alone.challenger, alone.challenger_load_failure, alone.challenger_percent) == (None, None, 0.0)
+    assert alone.configured_challenger_percent == 10.0
+
+
 @pytest.mark.parametrize(
     "message",
     [
@@ -127,6 +167,10 @@ def test_model_info_carries_the_last_load_failure_and_registry_reachability():
         registered_versions("IrisBestModel"),
         admin_pb2.AliasChange(name="IrisBestModel", alias="champion", version="2", previous_version=""),
         admin_pb2.AliasChange(name="IrisBestModel", alias="champion", version="2", previous_version="1"),
+        admin_pb2.TrafficSplit(name="IrisBestModel", challenger_percent=12.5, shadow=True),
+        admin_pb2.TrafficSplit(name="IrisBestModel"),
+        logged_prediction(PREDICTION_ID),
+        admin_pb2.LoggedPrediction(prediction_id=PREDICTION_ID, logged_at=Timestamp()),
     ],
     ids=lambda message: type(message).__name__,
 )
@@ -136,6 +180,8 @@ def test_admin_answers_convert_field_for_field(message):
         admin_pb2.ListOperationsResponse: converters.operations_from_proto,
         admin_pb2.ListModelVersionsResponse: converters.model_versions_from_proto,
         admin_pb2.AliasChange: converters.alias_change_from_proto,
+        admin_pb2.TrafficSplit: converters.traffic_split_from_proto,
+        admin_pb2.LoggedPrediction: converters.logged_prediction_from_proto,
     }
     assert by_type[type(message)](message).model_dump(mode="json") == rest_json(message)
 
@@ -178,3 +224,32 @@ def test_admin_requests():
         "iris", "champion", schemas.SetAliasBody(version="2", expected_version="1")
     )
     assert compared.expected_version == "1"
+
+
+def test_traffic_split_request():
+    split = converters.set_traffic_split_to_proto(
+        "iris", schemas.SetTrafficSplitBody.model_validate({"challenger_percent": 10, "shadow": True})
+    )
+    assert split == admin_pb2.SetTrafficSplitRequest(model="iris", challenger_percent=10.0, shadow=True)
+    off = converters.set_traffic_split_to_proto(
+        "housing", schemas.SetTrafficSplitBody(challenger_percent=0, shadow=False)
+    )
+    assert (off.model, off.challenger_percent, off.shadow) == ("housing", 0.0, False)
+    for bad in (
+        {"challenger_percent": 101, "shadow": False},
+        {"challenger_percent": "10", "shadow": False},
+        {"challenger_percent": 10, "shadow": "yes"},
+        {"challenger_percent": 10},
+        {"shadow": True},
+        {"challenger_percent": 10, "shadow": True, "extra": 1},
+    ):
+        with pytest.raises(ValidationError):
+            schemas.SetTrafficSplitBody.model_validate(bad)
+
+
+def test_logged_prediction_timestamps_and_maps():
+    logged = converters.logged_prediction_from_proto(logged_prediction(PREDICTION_ID))
+    assert logged.model_dump(mode="json")["logged_at"] == "2023-11-14T22:18:20.250000Z"
+    assert logged.inputs["sepal_length_cm"] == 5.1
+    assert logged.output == {"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03}
+    assert (logged.variant, logged.routing_key) == ("challenger", "user-42")

@@ -71,6 +71,8 @@ async def test_the_schema_documents_every_route_and_the_error_body(client):
         "/models/{model}/versions",
         "/models/{model}/aliases/{alias}",
         "/models/{model}/rollback",
+        "/models/{model}/traffic",
+        "/predictions/{prediction_id}",
     }
     predict = schema["paths"]["/predict/iris"]["post"]
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
@@ -103,6 +105,8 @@ async def test_admin_operations_declare_the_bearer_token_and_no_other_does(clien
         ("get", "/models/{model}/versions"),
         ("put", "/models/{model}/aliases/{alias}"),
         ("post", "/models/{model}/rollback"),
+        ("put", "/models/{model}/traffic"),
+        ("get", "/predictions/{prediction_id}"),
     }
     for verb, path in secured:
         operation = schema["paths"][path][verb]

@@ -9,11 +9,18 @@ from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_p
 from server.app import PredictionServer
 
 from ..server.conftest import in_memory_registry, running_server
-from .conftest import HOUSE, IRIS, bridge, proto_json, rest_json
-from .scripted_server import ScriptedServer, model_info
+from .conftest import HOUSE, IRIS, bridge, proto_json, rest_json, without_prediction_ids
+from .scripted_server import PREDICTION_ID, ScriptedServer, model_info
 
 pytestmark = pytest.mark.anyio
 
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
+PREDICT_ROUTES = [
+    ("/predict/housing", HOUSE),
+    ("/predict/housing/batch", {"instances": [HOUSE]}),
+    ("/predict/iris", IRIS),
+    ("/predict/iris/batch", {"instances": [IRIS]}),
+]
 FLOWERS = [
     IRIS,
     {**IRIS, "petal_length_cm": 4.5, "petal_width_cm": 1.5},
@@ -29,7 +36,14 @@ async def test_predict_iris(client):
     assert body["species"] == body["species_name"] == "setosa"
     assert body["confidence"] == max(body["probabilities"].values())
     assert sum(body["probabilities"].values()) == pytest.approx(1)
-    assert body["model"] == {"name": "IrisBestModel", "version": "2", "alias": "champion", "run_id": ""}
+    assert body["model"] == {
+        "name": "IrisBestModel",
+        "version": "2",
+        "alias": "champion",
+        "run_id": "",
+        "variant": "champion",
+    }
+    assert UUID_TEXT.fullmatch(body["prediction_id"])
 
 
 async def test_predict_iris_batch_keeps_request_order(client):
@@ -88,17 +102,17 @@ async def test_rest_and_grpc_give_identical_answers(client, prediction_server: P
             housing_pb2.HousingBatchRequest(instances=[housing_pb2.HousingFeatures(**HOUSE)] * 2)
         )
 
-    flower = (await client.post("/predict/iris", json=FLOWERS[1])).json()
-    expected = proto_json(direct_flower)
+    flower = without_prediction_ids((await client.post("/predict/iris", json=FLOWERS[1])).json())
+    expected = without_prediction_ids(proto_json(direct_flower))
     assert flower == {**expected, "species": "versicolor"}
     flowers = (await client.post("/predict/iris/batch", json={"instances": FLOWERS})).json()
     assert [each["probabilities"] for each in flowers["classifications"]] == [
         proto_json(each.probabilities) for each in direct_flowers.classifications
     ]
     house = (await client.post("/predict/housing", json=HOUSE)).json()
-    assert house == proto_json(direct_house)
+    assert without_prediction_ids(house) == without_prediction_ids(proto_json(direct_house))
     houses = (await client.post("/predict/housing/batch", json={"instances": [HOUSE, HOUSE]})).json()
-    assert houses == proto_json(direct_houses)
+    assert without_prediction_ids(houses) == without_prediction_ids(proto_json(direct_houses))
 
 
 async def test_health_says_the_bridge_is_up_even_without_a_server():
@@ -202,3 +216,74 @@ async def test_models_carries_every_field_of_model_info(scripted: ScriptedServer
     assert response.json() == {"housing": rest_json(model_info("Housing")), "iris": rest_json(model_info("Iris"))}
     assert response.json()["iris"]["last_load_failure"]["reason"] == "warm_up"
     assert response.json()["iris"]["registry_reachable"] is False
+    assert response.json()["iris"]["challenger"]["variant"] == "challenger"
+    assert response.json()["iris"]["challenger_load_failure"]["reason"] == "signature"
+    assert (response.json()["housing"]["challenger"], response.json()["housing"]["challenger_percent"]) == (None, 0)
+
+
+async def test_prediction_ids_and_variant_come_through(client):
+    iris = (await client.post("/predict/iris", json=IRIS)).json()
+    again = (await client.post("/predict/iris", json=IRIS)).json()
+    houses = [HOUSE, {**HOUSE, "median_income": 1.5}, {**HOUSE, "latitude": 34.05}]
+    batch = await client.post("/predict/housing/batch", json={"instances": houses})
+    assert batch.status_code == 200, batch.text
+    ids = [each["prediction_id"] for each in batch.json()["predictions"]]
+    assert all(UUID_TEXT.fullmatch(each) for each in [iris["prediction_id"], *ids])
+    assert len({iris["prediction_id"], again["prediction_id"], *ids}) == 2 + len(houses), "ids are unique"
+    assert iris["model"]["variant"] == batch.json()["model"]["variant"] == "champion"
+
+
+@pytest.mark.parametrize(("path", "body"), PREDICT_ROUTES, ids=[path for path, _ in PREDICT_ROUTES])
+async def test_the_routing_key_reaches_the_server_as_metadata(scripted: ScriptedServer, path: str, body: object):
+    async with bridge(scripted.target) as client:
+        keyed = await client.post(path, json=body, headers={"X-Routing-Key": "user-42"})
+        assert keyed.status_code == 200, keyed.text
+        assert scripted.script.metadata[-1]["x-routing-key"] == "user-42"
+        longest = "k" * 256
+        assert (await client.post(path, json=body, headers={"x-routing-key": longest})).status_code == 200
+        assert scripted.script.metadata[-1]["x-routing-key"] == longest
+        bare = await client.post(path, json=body)
+        assert bare.status_code == 200, bare.text
+        assert "x-routing-key" not in scripted.script.metadata[-1]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["caf\u00e9".encode("latin-1"), b"a\x7fb", b"k" * 257, b""],
+    ids=["non-ascii", "control", "too-long", "empty"],
+)
+async def test_a_routing_key_the_server_cannot_use_is_not_sent(scripted: ScriptedServer, value: bytes):
+    async with bridge(scripted.target) as client:
+        response = await client.post("/predict/iris", json=IRIS, headers=[(b"x-routing-key", value)])
+    assert response.status_code == 200, response.text
+    assert "x-routing-key" not in scripted.script.metadata[-1]
+
+
+async def test_the_routing_key_goes_to_prediction_calls_only(scripted: ScriptedServer):
+    async with bridge(scripted.target) as client:
+        assert (await client.get("/models", headers={"x-routing-key": "user-42"})).status_code == 200
+    assert "x-routing-key" not in scripted.script.metadata[-1]
+
+
+async def test_the_routing_key_is_an_optional_header_of_the_prediction_routes(client):
+    schema = (await client.get("/openapi.json")).json()
+    for path, _ in PREDICT_ROUTES:
+        (parameter,) = [each for each in schema["paths"][path]["post"]["parameters"] if each["in"] == "header"]
+        assert (parameter["name"], parameter["required"]) == ("X-Routing-Key", False)
+        assert "x-routing-key" in parameter["description"]
+    others = [
+        each
+        for path, operations in schema["paths"].items()
+        if not path.startswith("/predict/")
+        for operation in operations.values()
+        for each in operation.get("parameters", [])
+    ]
+    assert not [each for each in others if each["name"].lower() == "x-routing-key"]
+
+
+async def test_predictions_carry_every_field_from_the_scripted_server(scripted: ScriptedServer):
+    async with bridge(scripted.target) as client:
+        iris = (await client.post("/predict/iris/batch", json={"instances": [IRIS, IRIS]})).json()
+        house = (await client.post("/predict/housing", json=HOUSE)).json()
+    assert [each["prediction_id"] for each in iris["classifications"]] == [PREDICTION_ID] * 2
+    assert (house["prediction_id"], house["model"]["variant"]) == (PREDICTION_ID, "champion")

@@ -36,6 +36,8 @@ EXPOSED: list[tuple[Descriptor, type[BaseModel]]] = [
     (admin_pb2.ListOperationsResponse.DESCRIPTOR, schemas.ListOperationsResponse),
     (admin_pb2.ListModelVersionsResponse.DESCRIPTOR, schemas.ListModelVersionsResponse),
     (admin_pb2.AliasChange.DESCRIPTOR, schemas.AliasChange),
+    (admin_pb2.TrafficSplit.DESCRIPTOR, schemas.TrafficSplit),
+    (admin_pb2.LoggedPrediction.DESCRIPTOR, schemas.LoggedPrediction),
 ]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"]
 # Each admin route and its gRPC method: the route's path, query and body fields together are the request
@@ -47,6 +49,8 @@ ADMIN_ROUTES: dict[tuple[str, str], MethodDescriptor] = {
     ("get", "/models/{model}/versions"): ADMIN.methods_by_name["ListModelVersions"],
     ("put", "/models/{model}/aliases/{alias}"): ADMIN.methods_by_name["SetAlias"],
     ("post", "/models/{model}/rollback"): ADMIN.methods_by_name["Rollback"],
+    ("put", "/models/{model}/traffic"): ADMIN.methods_by_name["SetTrafficSplit"],
+    ("get", "/predictions/{prediction_id}"): ADMIN.methods_by_name["GetPrediction"],
 }
 SERVICES = [
     *housing_pb2.DESCRIPTOR.services_by_name.values(),
@@ -182,12 +186,21 @@ def test_every_field_of_an_admin_request_is_in_its_route_and_back(route: tuple[s
     }
 
 
-def test_the_body_models_of_admin_routes_match_their_proto_fields():
-    # SetAliasRequest takes model and alias from the path; its other fields are the body's, type for type.
-    descriptor = admin_pb2.SetAliasRequest.DESCRIPTOR
-    assert set(schemas.SetAliasBody.model_fields) == set(descriptor.fields_by_name) - {"model", "alias"}
-    for name, field in schemas.SetAliasBody.model_fields.items():
-        _check_type(descriptor.fields_by_name[name], field.annotation, f"SetAliasRequest.{name}", set())
+@pytest.mark.parametrize(
+    ("descriptor", "body", "path"),
+    [
+        (admin_pb2.SetAliasRequest.DESCRIPTOR, schemas.SetAliasBody, {"model", "alias"}),
+        (admin_pb2.SetTrafficSplitRequest.DESCRIPTOR, schemas.SetTrafficSplitBody, {"model"}),
+    ],
+    ids=lambda each: getattr(each, "name", ""),
+)
+def test_the_body_models_of_admin_routes_match_their_proto_fields(
+    descriptor: Descriptor, body: type[BaseModel], path: set[str]
+):
+    # The request takes its names from the path; its other fields are the body's, type for type.
+    assert set(body.model_fields) == set(descriptor.fields_by_name) - path
+    for name, field in body.model_fields.items():
+        _check_type(descriptor.fields_by_name[name], field.annotation, f"{descriptor.name}.{name}", set())
 
 
 def test_every_message_of_the_services_is_covered():

@@ -29,6 +29,7 @@ def server_settings(**overrides: object) -> ServerSettings:
         "mlflow_tracking_uri": "sqlite:///unused.db",
         # Explicitly: mlflow exports the URIs it last used into the environment, which the settings would read.
         "mlflow_registry_uri": None,
+        "prediction_log_path": Path(tempfile.gettempdir()) / "prediction-server-test-state" / "predictions.db",
         # Never the working directory's state/; `running_server` gives each server a fresh one.
         "state_dir": Path(tempfile.gettempdir()) / "prediction-server-test-state",
     }
@@ -46,6 +47,7 @@ def running_server(
         # A retrain started against an in-memory registry must write nowhere near the working directory.
         overrides.setdefault("retrain_workdir", state_dir)
         overrides.setdefault("mlflow_tracking_uri", f"sqlite:///{state_dir}/unused.db")
+        overrides.setdefault("prediction_log_path", f"{state_dir}/predictions.db")
         server = build_server(server_settings(**overrides), registry, child_env=child_env)
         server.start()
         try:

@@ -71,7 +71,7 @@ def test_an_estimator_failure_is_internal_without_leaking_its_cause(caplog):
         assert server.metrics_port is not None
         samples = _scrape(server.metrics_port)
     assert any(INTERNAL_DETAIL in record.exc_text and "req-42" in record.getMessage() for record in caplog.records)
-    model = {"model": "CaliforniaHousingBestModel", "version": "9"}
+    model = {"model": "CaliforniaHousingBestModel", "version": "9", "variant": "champion"}
     assert _value(samples, "model_predictions_total", outcome="error", **model) == 1
     assert _value(samples, "model_predictions_total", outcome="success", **model) == 1
 

@@ -46,21 +46,23 @@ def test_metrics_count_rpcs_predictions_batches_and_the_loaded_versions():
     )
     assert _value(samples, "grpc_server_handling_seconds_count", grpc_method="ClassifyBatch", **rpc) == 1
 
-    model = {"model": "IrisBestModel", "version": "2"}
+    model = {"model": "IrisBestModel", "version": "2", "variant": "champion"}
     assert _value(samples, "model_predictions_total", outcome="success", **model) == 8
     assert _value(samples, "model_predictions_total", outcome="invalid_input", **model) == 1
     assert _value(samples, "model_prediction_duration_seconds_count", **model) == 4
-    assert _value(samples, "model_batch_size_bucket", model="IrisBestModel", le="5.0") == 4
-    assert _value(samples, "model_batch_size_count", model="IrisBestModel") == 4
+    assert _value(samples, "model_batch_size_bucket", model="IrisBestModel", variant="champion", le="5.0") == 4
+    assert _value(samples, "model_batch_size_count", model="IrisBestModel", variant="champion") == 4
     loaded = {
         "service": "prediction.v1.IrisClassifier",
         "model": "IrisBestModel",
         "version": "2",
         "alias": "champion",
         "run_id": "",
+        "variant": "champion",
     }
     assert _value(samples, "model_loaded_info", **loaded) == 1
-    assert _value(samples, "model_loaded_timestamp_seconds", service="prediction.v1.HousingPredictor") > 0
+    housing = {"service": "prediction.v1.HousingPredictor", "variant": "champion"}
+    assert _value(samples, "model_loaded_timestamp_seconds", **housing) > 0
 
 
 def test_failed_model_loads_are_counted():

@@ -517,3 +517,177 @@ class AliasChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AliasChange: _TypeAlias = AliasChange  # noqa: Y015
+
+@_typing.final
+class SetTrafficSplitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHALLENGER_PERCENT_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    challenger_percent: _builtins.float
+    """Percent of traffic the challenger answers, 0 to 100. Requests with the same x-routing-key always reach the
+    same variant for a given split; without a key the choice is random in this proportion.
+    """
+    shadow: _builtins.bool
+    """Whether the challenger also predicts on a copy of the champion's traffic, off the request path."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        challenger_percent: _builtins.float = ...,
+        shadow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenger_percent", b"challenger_percent", "model", b"model", "shadow", b"shadow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTrafficSplitRequest: _TypeAlias = SetTrafficSplitRequest  # noqa: Y015
+
+@_typing.final
+class TrafficSplit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHALLENGER_PERCENT_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The registered model name."""
+    challenger_percent: _builtins.float
+    shadow: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        challenger_percent: _builtins.float = ...,
+        shadow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenger_percent", b"challenger_percent", "name", b"name", "shadow", b"shadow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrafficSplit: _TypeAlias = TrafficSplit  # noqa: Y015
+
+@_typing.final
+class GetPredictionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prediction_id", b"prediction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPredictionRequest: _TypeAlias = GetPredictionRequest  # noqa: Y015
+
+@_typing.final
+class LoggedPrediction(_message.Message):
+    """A row of the prediction log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class InputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class OutputEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    LOGGED_AT_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    service: _builtins.str
+    """The service key, "housing" or "iris"."""
+    model: _builtins.str
+    """Registered model name, version and variant that answered."""
+    version: _builtins.str
+    variant: _builtins.str
+    latency_ms: _builtins.float
+    """Validation and prediction time of the request the row belonged to."""
+    request_id: _builtins.str
+    routing_key: _builtins.str
+    """The caller's x-routing-key, "" when none was sent."""
+    @_builtins.property
+    def logged_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The request's features by name, and the answer by name (median_house_value; or the three probabilities)."""
+
+    @_builtins.property
+    def output(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+        logged_at: _timestamp_pb2.Timestamp | None = ...,
+        service: _builtins.str = ...,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        inputs: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        output: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        latency_ms: _builtins.float = ...,
+        request_id: _builtins.str = ...,
+        routing_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logged_at", b"logged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "latency_ms", b"latency_ms", "logged_at", b"logged_at", "model", b"model", "output", b"output", "prediction_id", b"prediction_id", "request_id", b"request_id", "routing_key", b"routing_key", "service", b"service", "variant", b"variant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoggedPrediction: _TypeAlias = LoggedPrediction  # noqa: Y015

@@ -77,6 +77,16 @@ class ModelAdminStub:
                 request_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.AliasChange.FromString,
                 _registered_method=True)
+        self.SetTrafficSplit = channel.unary_unary(
+                '/prediction.v1.ModelAdmin/SetTrafficSplit',
+                request_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.TrafficSplit.FromString,
+                _registered_method=True)
+        self.GetPrediction = channel.unary_unary(
+                '/prediction.v1.ModelAdmin/GetPrediction',
+                request_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.GetPredictionRequest.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.LoggedPrediction.FromString,
+                _registered_method=True)
 
 
 class ModelAdminServicer:
@@ -138,6 +148,21 @@ class ModelAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTrafficSplit(self, request, context):
+        """Sets the A/B split and shadow mode of a model. Kept in the registry (a tag on the registered model), so a
+        restart or another replica serves the same split. The challenger is the version with alias "challenger".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPrediction(self, request, context):
+        """One logged prediction, by its prediction_id (NOT_FOUND when it is not, or no longer, in the log).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +195,16 @@ def add_ModelAdminServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.RollbackRequest.FromString,
                     response_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.AliasChange.SerializeToString,
+            ),
+            'SetTrafficSplit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrafficSplit,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.TrafficSplit.SerializeToString,
+            ),
+            'GetPrediction': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrediction,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.GetPredictionRequest.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.LoggedPrediction.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +382,60 @@ class ModelAdmin:
             '/prediction.v1.ModelAdmin/Rollback',
             protos_dot_prediction_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
             protos_dot_prediction_dot_v1_dot_admin__pb2.AliasChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrafficSplit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prediction.v1.ModelAdmin/SetTrafficSplit',
+            protos_dot_prediction_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_admin__pb2.TrafficSplit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrediction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prediction.v1.ModelAdmin/GetPrediction',
+            protos_dot_prediction_dot_v1_dot_admin__pb2.GetPredictionRequest.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_admin__pb2.LoggedPrediction.FromString,
             options,
             channel_credentials,
             insecure,

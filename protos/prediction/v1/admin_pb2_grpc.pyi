@@ -60,6 +60,12 @@ class ModelAdminStub:
     """Points an alias at a version (promote). With expected_version set, only if the alias is still there."""
     Rollback: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RollbackRequest, _admin_pb2.AliasChange]
     """Moves `champion` back to the version that held it before the current one."""
+    SetTrafficSplit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetTrafficSplitRequest, _admin_pb2.TrafficSplit]
+    """Sets the A/B split and shadow mode of a model. Kept in the registry (a tag on the registered model), so a
+    restart or another replica serves the same split. The challenger is the version with alias "challenger".
+    """
+    GetPrediction: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetPredictionRequest, _admin_pb2.LoggedPrediction]
+    """One logged prediction, by its prediction_id (NOT_FOUND when it is not, or no longer, in the log)."""
 
 @_typing.type_check_only
 class ModelAdminAsyncStub(ModelAdminStub):
@@ -93,6 +99,12 @@ class ModelAdminAsyncStub(ModelAdminStub):
     """Points an alias at a version (promote). With expected_version set, only if the alias is still there."""
     Rollback: _aio.UnaryUnaryMultiCallable[_admin_pb2.RollbackRequest, _admin_pb2.AliasChange]  # type: ignore[assignment]
     """Moves `champion` back to the version that held it before the current one."""
+    SetTrafficSplit: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetTrafficSplitRequest, _admin_pb2.TrafficSplit]  # type: ignore[assignment]
+    """Sets the A/B split and shadow mode of a model. Kept in the registry (a tag on the registered model), so a
+    restart or another replica serves the same split. The challenger is the version with alias "challenger".
+    """
+    GetPrediction: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPredictionRequest, _admin_pb2.LoggedPrediction]  # type: ignore[assignment]
+    """One logged prediction, by its prediction_id (NOT_FOUND when it is not, or no longer, in the log)."""
 
 class ModelAdminServicer(metaclass=_abc_1.ABCMeta):
     """The model lifecycle: retrain, inspect versions, promote, roll back. Every call needs the admin bearer token
@@ -159,5 +171,23 @@ class ModelAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.AliasChange, _abc.Awaitable[_admin_pb2.AliasChange]]:
         """Moves `champion` back to the version that held it before the current one."""
+
+    @_abc_1.abstractmethod
+    def SetTrafficSplit(
+        self,
+        request: _admin_pb2.SetTrafficSplitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TrafficSplit, _abc.Awaitable[_admin_pb2.TrafficSplit]]:
+        """Sets the A/B split and shadow mode of a model. Kept in the registry (a tag on the registered model), so a
+        restart or another replica serves the same split. The challenger is the version with alias "challenger".
+        """
+
+    @_abc_1.abstractmethod
+    def GetPrediction(
+        self,
+        request: _admin_pb2.GetPredictionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LoggedPrediction, _abc.Awaitable[_admin_pb2.LoggedPrediction]]:
+        """One logged prediction, by its prediction_id (NOT_FOUND when it is not, or no longer, in the log)."""
 
 def add_ModelAdminServicer_to_server(servicer: ModelAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

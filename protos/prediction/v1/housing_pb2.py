@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.prediction.v1 import model_pb2 as protos_dot_prediction_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/prediction/v1/housing.proto\x12\rprediction.v1\x1a protos/prediction/v1/model.proto\"\xef\x02\n\x0fHousingFeatures\x12\x1a\n\rmedian_income\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\thouse_age\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\raverage_rooms\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10\x61verage_bedrooms\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\npopulation\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x61verage_occupancy\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x15\n\x08latitude\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x16\n\tlongitude\x18\x08 \x01(\x01H\x07\x88\x01\x01\x42\x10\n\x0e_median_incomeB\x0c\n\n_house_ageB\x10\n\x0e_average_roomsB\x13\n\x11_average_bedroomsB\r\n\x0b_populationB\x14\n\x12_average_occupancyB\x0b\n\t_latitudeB\x0c\n\n_longitude\"J\n\x0cHousingValue\x12\x1a\n\x12median_house_value\x18\x01 \x01(\x01\x12\x1e\n\x16median_house_value_usd\x18\x02 \x01(\x01\"{\n\x11HousingPrediction\x12\x1a\n\x12median_house_value\x18\x01 \x01(\x01\x12\x1e\n\x16median_house_value_usd\x18\x02 \x01(\x01\x12*\n\x05model\x18\x03 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion\"H\n\x13HousingBatchRequest\x12\x31\n\tinstances\x18\x01 \x03(\x0b\x32\x1e.prediction.v1.HousingFeatures\"v\n\x16HousingBatchPrediction\x12\x30\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1b.prediction.v1.HousingValue\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion2\x88\x02\n\x10HousingPredictor\x12K\n\x07Predict\x12\x1e.prediction.v1.HousingFeatures\x1a .prediction.v1.HousingPrediction\x12Y\n\x0cPredictBatch\x12\".prediction.v1.HousingBatchRequest\x1a%.prediction.v1.HousingBatchPrediction\x12L\n\x0cGetModelInfo\x12\".prediction.v1.GetModelInfoRequest\x1a\x18.prediction.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/prediction/v1/housing.proto\x12\rprediction.v1\x1a protos/prediction/v1/model.proto\"\xef\x02\n\x0fHousingFeatures\x12\x1a\n\rmedian_income\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\thouse_age\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\raverage_rooms\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10\x61verage_bedrooms\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\npopulation\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x61verage_occupancy\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x15\n\x08latitude\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x16\n\tlongitude\x18\x08 \x01(\x01H\x07\x88\x01\x01\x42\x10\n\x0e_median_incomeB\x0c\n\n_house_ageB\x10\n\x0e_average_roomsB\x13\n\x11_average_bedroomsB\r\n\x0b_populationB\x14\n\x12_average_occupancyB\x0b\n\t_latitudeB\x0c\n\n_longitude\"a\n\x0cHousingValue\x12\x1a\n\x12median_house_value\x18\x01 \x01(\x01\x12\x1e\n\x16median_house_value_usd\x18\x02 \x01(\x01\x12\x15\n\rprediction_id\x18\x03 \x01(\t\"\x92\x01\n\x11HousingPrediction\x12\x1a\n\x12median_house_value\x18\x01 \x01(\x01\x12\x1e\n\x16median_house_value_usd\x18\x02 \x01(\x01\x12*\n\x05model\x18\x03 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion\x12\x15\n\rprediction_id\x18\x04 \x01(\t\"H\n\x13HousingBatchRequest\x12\x31\n\tinstances\x18\x01 \x03(\x0b\x32\x1e.prediction.v1.HousingFeatures\"v\n\x16HousingBatchPrediction\x12\x30\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1b.prediction.v1.HousingValue\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion2\x88\x02\n\x10HousingPredictor\x12K\n\x07Predict\x12\x1e.prediction.v1.HousingFeatures\x1a .prediction.v1.HousingPrediction\x12Y\n\x0cPredictBatch\x12\".prediction.v1.HousingBatchRequest\x1a%.prediction.v1.HousingBatchPrediction\x12L\n\x0cGetModelInfo\x12\".prediction.v1.GetModelInfoRequest\x1a\x18.prediction.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOUSINGFEATURES']._serialized_start=88
   _globals['_HOUSINGFEATURES']._serialized_end=455
   _globals['_HOUSINGVALUE']._serialized_start=457
-  _globals['_HOUSINGVALUE']._serialized_end=531
-  _globals['_HOUSINGPREDICTION']._serialized_start=533
-  _globals['_HOUSINGPREDICTION']._serialized_end=656
-  _globals['_HOUSINGBATCHREQUEST']._serialized_start=658
-  _globals['_HOUSINGBATCHREQUEST']._serialized_end=730
-  _globals['_HOUSINGBATCHPREDICTION']._serialized_start=732
-  _globals['_HOUSINGBATCHPREDICTION']._serialized_end=850
-  _globals['_HOUSINGPREDICTOR']._serialized_start=853
-  _globals['_HOUSINGPREDICTOR']._serialized_end=1117
+  _globals['_HOUSINGVALUE']._serialized_end=554
+  _globals['_HOUSINGPREDICTION']._serialized_start=557
+  _globals['_HOUSINGPREDICTION']._serialized_end=703
+  _globals['_HOUSINGBATCHREQUEST']._serialized_start=705
+  _globals['_HOUSINGBATCHREQUEST']._serialized_end=777
+  _globals['_HOUSINGBATCHPREDICTION']._serialized_start=779
+  _globals['_HOUSINGBATCHPREDICTION']._serialized_end=897
+  _globals['_HOUSINGPREDICTOR']._serialized_start=900
+  _globals['_HOUSINGPREDICTOR']._serialized_end=1164
 # @@protoc_insertion_point(module_scope)

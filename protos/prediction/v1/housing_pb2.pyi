@@ -114,19 +114,23 @@ class HousingValue(_message.Message):
 
     MEDIAN_HOUSE_VALUE_FIELD_NUMBER: _builtins.int
     MEDIAN_HOUSE_VALUE_USD_FIELD_NUMBER: _builtins.int
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
     median_house_value: _builtins.float
     """Predicted median house value in units of $100,000 (2.07 = $207,000), the model's own unit."""
     median_house_value_usd: _builtins.float
     """The same prediction in US dollars (median_house_value * 100,000)."""
+    prediction_id: _builtins.str
+    """Unique id of this prediction (a UUIDv7): the key of its prediction-log row, and what feedback refers to."""
     def __init__(
         self,
         *,
         median_house_value: _builtins.float = ...,
         median_house_value_usd: _builtins.float = ...,
+        prediction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["median_house_value", b"median_house_value", "median_house_value_usd", b"median_house_value_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["median_house_value", b"median_house_value", "median_house_value_usd", b"median_house_value_usd", "prediction_id", b"prediction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -141,10 +145,13 @@ class HousingPrediction(_message.Message):
     MEDIAN_HOUSE_VALUE_FIELD_NUMBER: _builtins.int
     MEDIAN_HOUSE_VALUE_USD_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
     median_house_value: _builtins.float
     """Predicted median house value in units of $100,000 (2.07 = $207,000), the model's own unit."""
     median_house_value_usd: _builtins.float
     """The same prediction in US dollars (median_house_value * 100,000)."""
+    prediction_id: _builtins.str
+    """Unique id of this prediction (a UUIDv7): the key of its prediction-log row, and what feedback refers to."""
     @_builtins.property
     def model(self) -> _model_pb2.ModelVersion:
         """The model version that made this prediction."""
@@ -155,10 +162,11 @@ class HousingPrediction(_message.Message):
         median_house_value: _builtins.float = ...,
         median_house_value_usd: _builtins.float = ...,
         model: _model_pb2.ModelVersion | None = ...,
+        prediction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["median_house_value", b"median_house_value", "median_house_value_usd", b"median_house_value_usd", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["median_house_value", b"median_house_value", "median_house_value_usd", b"median_house_value_usd", "model", b"model", "prediction_id", b"prediction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

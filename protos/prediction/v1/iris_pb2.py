@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from protos.prediction.v1 import model_pb2 as protos_dot_prediction_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/prediction/v1/iris.proto\x12\rprediction.v1\x1a protos/prediction/v1/model.proto\"\xd2\x01\n\x0cIrisFeatures\x12\x1c\n\x0fsepal_length_cm\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0esepal_width_cm\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1c\n\x0fpetal_length_cm\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x0epetal_width_cm\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x12\n\x10_sepal_length_cmB\x11\n\x0f_sepal_width_cmB\x12\n\x10_petal_length_cmB\x11\n\x0f_petal_width_cm\"M\n\x14SpeciesProbabilities\x12\x0e\n\x06setosa\x18\x01 \x01(\x01\x12\x12\n\nversicolor\x18\x02 \x01(\x01\x12\x11\n\tvirginica\x18\x03 \x01(\x01\"\xa7\x01\n\x12IrisClassification\x12+\n\x07species\x18\x01 \x01(\x0e\x32\x1a.prediction.v1.IrisSpecies\x12\x14\n\x0cspecies_name\x18\x02 \x01(\t\x12:\n\rprobabilities\x18\x03 \x01(\x0b\x32#.prediction.v1.SpeciesProbabilities\x12\x12\n\nconfidence\x18\x04 \x01(\x01\"\xcf\x01\n\x0eIrisPrediction\x12+\n\x07species\x18\x01 \x01(\x0e\x32\x1a.prediction.v1.IrisSpecies\x12\x14\n\x0cspecies_name\x18\x02 \x01(\t\x12:\n\rprobabilities\x18\x03 \x01(\x0b\x32#.prediction.v1.SpeciesProbabilities\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12*\n\x05model\x18\x05 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion\"B\n\x10IrisBatchRequest\x12.\n\tinstances\x18\x01 \x03(\x0b\x32\x1b.prediction.v1.IrisFeatures\"}\n\x13IrisBatchPrediction\x12:\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32!.prediction.v1.IrisClassification\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion*}\n\x0bIrisSpecies\x12\x1c\n\x18IRIS_SPECIES_UNSPECIFIED\x10\x00\x12\x17\n\x13IRIS_SPECIES_SETOSA\x10\x01\x12\x1b\n\x17IRIS_SPECIES_VERSICOLOR\x10\x02\x12\x1a\n\x16IRIS_SPECIES_VIRGINICA\x10\x03\x32\xfc\x01\n\x0eIrisClassifier\x12\x46\n\x08\x43lassify\x12\x1b.prediction.v1.IrisFeatures\x1a\x1d.prediction.v1.IrisPrediction\x12T\n\rClassifyBatch\x12\x1f.prediction.v1.IrisBatchRequest\x1a\".prediction.v1.IrisBatchPrediction\x12L\n\x0cGetModelInfo\x12\".prediction.v1.GetModelInfoRequest\x1a\x18.prediction.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/prediction/v1/iris.proto\x12\rprediction.v1\x1a protos/prediction/v1/model.proto\"\xd2\x01\n\x0cIrisFeatures\x12\x1c\n\x0fsepal_length_cm\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0esepal_width_cm\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1c\n\x0fpetal_length_cm\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1b\n\x0epetal_width_cm\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x12\n\x10_sepal_length_cmB\x11\n\x0f_sepal_width_cmB\x12\n\x10_petal_length_cmB\x11\n\x0f_petal_width_cm\"M\n\x14SpeciesProbabilities\x12\x0e\n\x06setosa\x18\x01 \x01(\x01\x12\x12\n\nversicolor\x18\x02 \x01(\x01\x12\x11\n\tvirginica\x18\x03 \x01(\x01\"\xbe\x01\n\x12IrisClassification\x12+\n\x07species\x18\x01 \x01(\x0e\x32\x1a.prediction.v1.IrisSpecies\x12\x14\n\x0cspecies_name\x18\x02 \x01(\t\x12:\n\rprobabilities\x18\x03 \x01(\x0b\x32#.prediction.v1.SpeciesProbabilities\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x15\n\rprediction_id\x18\x05 \x01(\t\"\xe6\x01\n\x0eIrisPrediction\x12+\n\x07species\x18\x01 \x01(\x0e\x32\x1a.prediction.v1.IrisSpecies\x12\x14\n\x0cspecies_name\x18\x02 \x01(\t\x12:\n\rprobabilities\x18\x03 \x01(\x0b\x32#.prediction.v1.SpeciesProbabilities\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12*\n\x05model\x18\x05 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion\x12\x15\n\rprediction_id\x18\x06 \x01(\t\"B\n\x10IrisBatchRequest\x12.\n\tinstances\x18\x01 \x03(\x0b\x32\x1b.prediction.v1.IrisFeatures\"}\n\x13IrisBatchPrediction\x12:\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32!.prediction.v1.IrisClassification\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion*}\n\x0bIrisSpecies\x12\x1c\n\x18IRIS_SPECIES_UNSPECIFIED\x10\x00\x12\x17\n\x13IRIS_SPECIES_SETOSA\x10\x01\x12\x1b\n\x17IRIS_SPECIES_VERSICOLOR\x10\x02\x12\x1a\n\x16IRIS_SPECIES_VIRGINICA\x10\x03\x32\xfc\x01\n\x0eIrisClassifier\x12\x46\n\x08\x43lassify\x12\x1b.prediction.v1.IrisFeatures\x1a\x1d.prediction.v1.IrisPrediction\x12T\n\rClassifyBatch\x12\x1f.prediction.v1.IrisBatchRequest\x1a\".prediction.v1.IrisBatchPrediction\x12L\n\x0cGetModelInfo\x12\".prediction.v1.GetModelInfoRequest\x1a\x18.prediction.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.prediction.v1.iris_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IRISSPECIES']._serialized_start=951
-  _globals['_IRISSPECIES']._serialized_end=1076
+  _globals['_IRISSPECIES']._serialized_start=997
+  _globals['_IRISSPECIES']._serialized_end=1122
   _globals['_IRISFEATURES']._serialized_start=85
   _globals['_IRISFEATURES']._serialized_end=295
   _globals['_SPECIESPROBABILITIES']._serialized_start=297
   _globals['_SPECIESPROBABILITIES']._serialized_end=374
   _globals['_IRISCLASSIFICATION']._serialized_start=377
-  _globals['_IRISCLASSIFICATION']._serialized_end=544
-  _globals['_IRISPREDICTION']._serialized_start=547
-  _globals['_IRISPREDICTION']._serialized_end=754
-  _globals['_IRISBATCHREQUEST']._serialized_start=756
-  _globals['_IRISBATCHREQUEST']._serialized_end=822
-  _globals['_IRISBATCHPREDICTION']._serialized_start=824
-  _globals['_IRISBATCHPREDICTION']._serialized_end=949
-  _globals['_IRISCLASSIFIER']._serialized_start=1079
-  _globals['_IRISCLASSIFIER']._serialized_end=1331
+  _globals['_IRISCLASSIFICATION']._serialized_end=567
+  _globals['_IRISPREDICTION']._serialized_start=570
+  _globals['_IRISPREDICTION']._serialized_end=800
+  _globals['_IRISBATCHREQUEST']._serialized_start=802
+  _globals['_IRISBATCHREQUEST']._serialized_end=868
+  _globals['_IRISBATCHPREDICTION']._serialized_start=870
+  _globals['_IRISBATCHPREDICTION']._serialized_end=995
+  _globals['_IRISCLASSIFIER']._serialized_start=1125
+  _globals['_IRISCLASSIFIER']._serialized_end=1377
 # @@protoc_insertion_point(module_scope)

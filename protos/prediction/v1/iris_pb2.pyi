@@ -125,12 +125,15 @@ class IrisClassification(_message.Message):
     SPECIES_NAME_FIELD_NUMBER: _builtins.int
     PROBABILITIES_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
     species: Global___IrisSpecies.ValueType
     """The most probable species."""
     species_name: _builtins.str
     """The most probable species by its common name: "setosa", "versicolor" or "virginica"."""
     confidence: _builtins.float
     """Probability of the predicted species (the largest of the three), from 1/3 to 1."""
+    prediction_id: _builtins.str
+    """Unique id of this classification (a UUIDv7): the key of its prediction-log row, and what feedback refers to."""
     @_builtins.property
     def probabilities(self) -> Global___SpeciesProbabilities: ...
     def __init__(
@@ -140,10 +143,11 @@ class IrisClassification(_message.Message):
         species_name: _builtins.str = ...,
         probabilities: Global___SpeciesProbabilities | None = ...,
         confidence: _builtins.float = ...,
+        prediction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["probabilities", b"probabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "probabilities", b"probabilities", "species", b"species", "species_name", b"species_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "prediction_id", b"prediction_id", "probabilities", b"probabilities", "species", b"species", "species_name", b"species_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -160,9 +164,12 @@ class IrisPrediction(_message.Message):
     PROBABILITIES_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
     species: Global___IrisSpecies.ValueType
     species_name: _builtins.str
     confidence: _builtins.float
+    prediction_id: _builtins.str
+    """Unique id of this classification (a UUIDv7): the key of its prediction-log row, and what feedback refers to."""
     @_builtins.property
     def probabilities(self) -> Global___SpeciesProbabilities: ...
     @_builtins.property
@@ -177,10 +184,11 @@ class IrisPrediction(_message.Message):
         probabilities: Global___SpeciesProbabilities | None = ...,
         confidence: _builtins.float = ...,
         model: _model_pb2.ModelVersion | None = ...,
+        prediction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "probabilities", b"probabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "model", b"model", "probabilities", b"probabilities", "species", b"species", "species_name", b"species_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "model", b"model", "prediction_id", b"prediction_id", "probabilities", b"probabilities", "species", b"species", "species_name", b"species_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

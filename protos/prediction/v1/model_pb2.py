@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/prediction/v1/model.proto\x12\rprediction.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xa6\x03\n\tModelInfo\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12\x11\n\testimator\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12G\n\x10training_metrics\x18\x05 \x03(\x0b\x32-.prediction.v1.ModelInfo.TrainingMetricsEntry\x12,\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1a.prediction.v1.FeatureSpec\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\r\x12\x35\n\x11last_load_failure\x18\x08 \x01(\x0b\x32\x1a.prediction.v1.LoadFailure\x12\x1a\n\x12registry_reachable\x18\t \x01(\x08\x1a\x36\n\x14TrainingMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"n\n\x0bLoadFailure\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\tfailed_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x0f\n\x07minimum\x18\x03 \x01(\x01\x12\x0f\n\x07maximum\x18\x04 \x01(\x01\x12\x19\n\x11\x65xclusive_minimum\x18\x05 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/prediction/v1/model.proto\x12\rprediction.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07variant\x18\x05 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xe7\x04\n\tModelInfo\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.prediction.v1.ModelVersion\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12\x11\n\testimator\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12G\n\x10training_metrics\x18\x05 \x03(\x0b\x32-.prediction.v1.ModelInfo.TrainingMetricsEntry\x12,\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1a.prediction.v1.FeatureSpec\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\r\x12\x35\n\x11last_load_failure\x18\x08 \x01(\x0b\x32\x1a.prediction.v1.LoadFailure\x12\x1a\n\x12registry_reachable\x18\t \x01(\x08\x12/\n\nchallenger\x18\n \x01(\x0b\x32\x1b.prediction.v1.ModelVersion\x12\x1a\n\x12\x63hallenger_percent\x18\x0b \x01(\x01\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12;\n\x17\x63hallenger_load_failure\x18\r \x01(\x0b\x32\x1a.prediction.v1.LoadFailure\x12%\n\x1d\x63onfigured_challenger_percent\x18\x0e \x01(\x01\x1a\x36\n\x14TrainingMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"n\n\x0bLoadFailure\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\tfailed_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x0f\n\x07minimum\x18\x03 \x01(\x01\x12\x0f\n\x07maximum\x18\x04 \x01(\x01\x12\x19\n\x11\x65xclusive_minimum\x18\x05 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_TRAININGMETRICSENTRY']._loaded_options = None
   _globals['_MODELINFO_TRAININGMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODELVERSION']._serialized_start=84
-  _globals['_MODELVERSION']._serialized_end=160
-  _globals['_GETMODELINFOREQUEST']._serialized_start=162
-  _globals['_GETMODELINFOREQUEST']._serialized_end=183
-  _globals['_MODELINFO']._serialized_start=186
-  _globals['_MODELINFO']._serialized_end=608
-  _globals['_MODELINFO_TRAININGMETRICSENTRY']._serialized_start=554
-  _globals['_MODELINFO_TRAININGMETRICSENTRY']._serialized_end=608
-  _globals['_LOADFAILURE']._serialized_start=610
-  _globals['_LOADFAILURE']._serialized_end=720
-  _globals['_FEATURESPEC']._serialized_start=722
-  _globals['_FEATURESPEC']._serialized_end=824
+  _globals['_MODELVERSION']._serialized_end=177
+  _globals['_GETMODELINFOREQUEST']._serialized_start=179
+  _globals['_GETMODELINFOREQUEST']._serialized_end=200
+  _globals['_MODELINFO']._serialized_start=203
+  _globals['_MODELINFO']._serialized_end=818
+  _globals['_MODELINFO_TRAININGMETRICSENTRY']._serialized_start=764
+  _globals['_MODELINFO_TRAININGMETRICSENTRY']._serialized_end=818
+  _globals['_LOADFAILURE']._serialized_start=820
+  _globals['_LOADFAILURE']._serialized_end=930
+  _globals['_FEATURESPEC']._serialized_start=932
+  _globals['_FEATURESPEC']._serialized_end=1034
 # @@protoc_insertion_point(module_scope)

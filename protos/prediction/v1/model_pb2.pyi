@@ -31,6 +31,7 @@ class ModelVersion(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Registered model name in the MLflow model registry, e.g. "CaliforniaHousingBestModel"."""
     version: _builtins.str
@@ -39,6 +40,8 @@ class ModelVersion(_message.Message):
     """Registry alias the server resolved to load this version, e.g. "champion"."""
     run_id: _builtins.str
     """MLflow run id of the training run that produced this version."""
+    variant: _builtins.str
+    """Which variant of the service's deployment answered: "champion", or "challenger" for its share of an A/B split."""
     def __init__(
         self,
         *,
@@ -46,10 +49,11 @@ class ModelVersion(_message.Message):
         version: _builtins.str = ...,
         alias: _builtins.str = ...,
         run_id: _builtins.str = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "run_id", b"run_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "run_id", b"run_id", "variant", b"variant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -57,7 +61,7 @@ Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
 
 @_typing.final
 class GetModelInfoRequest(_message.Message):
-    """Request for GetModelInfo. Empty: each service serves exactly one model."""
+    """Request for GetModelInfo. Empty: it describes the service's deployment (champion, and any challenger)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -107,6 +111,11 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     LAST_LOAD_FAILURE_FIELD_NUMBER: _builtins.int
     REGISTRY_REACHABLE_FIELD_NUMBER: _builtins.int
+    CHALLENGER_FIELD_NUMBER: _builtins.int
+    CHALLENGER_PERCENT_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    CHALLENGER_LOAD_FAILURE_FIELD_NUMBER: _builtins.int
+    CONFIGURED_CHALLENGER_PERCENT_FIELD_NUMBER: _builtins.int
     model_uri: _builtins.str
     """MLflow model URI the artifacts were loaded from, e.g. "models:/IrisBestModel/3"."""
     estimator: _builtins.str
@@ -117,6 +126,12 @@ class ModelInfo(_message.Message):
     """Whether the server's last look at the model registry succeeded. While it is false the server keeps serving
     what it has loaded.
     """
+    challenger_percent: _builtins.float
+    """Percent of traffic (0 to 100) the challenger answers. 0 while no challenger is loaded, whatever is configured."""
+    shadow: _builtins.bool
+    """Whether the challenger also predicts on a copy of the champion's traffic (its answers are never returned)."""
+    configured_challenger_percent: _builtins.float
+    """The traffic split as configured in the registry, which applies once a challenger is loaded."""
     @_builtins.property
     def model(self) -> Global___ModelVersion: ...
     @_builtins.property
@@ -137,6 +152,14 @@ class ModelInfo(_message.Message):
         validation), while it kept serving the version above; unset when the alias's version is the one served.
         """
 
+    @_builtins.property
+    def challenger(self) -> Global___ModelVersion:
+        """The challenger (the version with alias "challenger"), when one is loaded; unset otherwise."""
+
+    @_builtins.property
+    def challenger_load_failure(self) -> Global___LoadFailure:
+        """The last challenger version the server refused to serve, if any."""
+
     def __init__(
         self,
         *,
@@ -149,10 +172,15 @@ class ModelInfo(_message.Message):
         max_batch_size: _builtins.int = ...,
         last_load_failure: Global___LoadFailure | None = ...,
         registry_reachable: _builtins.bool = ...,
+        challenger: Global___ModelVersion | None = ...,
+        challenger_percent: _builtins.float = ...,
+        shadow: _builtins.bool = ...,
+        challenger_load_failure: Global___LoadFailure | None = ...,
+        configured_challenger_percent: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_load_failure", b"last_load_failure", "loaded_at", b"loaded_at", "model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["challenger", b"challenger", "challenger_load_failure", b"challenger_load_failure", "last_load_failure", b"last_load_failure", "loaded_at", b"loaded_at", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimator", b"estimator", "features", b"features", "last_load_failure", b"last_load_failure", "loaded_at", b"loaded_at", "max_batch_size", b"max_batch_size", "model", b"model", "model_uri", b"model_uri", "registry_reachable", b"registry_reachable", "training_metrics", b"training_metrics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenger", b"challenger", "challenger_load_failure", b"challenger_load_failure", "challenger_percent", b"challenger_percent", "configured_challenger_percent", b"configured_challenger_percent", "estimator", b"estimator", "features", b"features", "last_load_failure", b"last_load_failure", "loaded_at", b"loaded_at", "max_batch_size", b"max_batch_size", "model", b"model", "model_uri", b"model_uri", "registry_reachable", b"registry_reachable", "shadow", b"shadow", "training_metrics", b"training_metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
