@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from ..conftest import REPO_ROOT
+from ..prerequisites import REPO_ROOT
 
 
 def test_the_runtime_controls_openmp_even_when_made_before_any_model_is_loaded():
