@@ -49,6 +49,8 @@ class PredictionServer:
     loader: ModelLoader
     metrics_registry: CollectorRegistry
     metrics_port: int | None = None
+    # The RPC workers and the health servicer's pool: grpc never shuts down the executors it is given.
+    thread_pools: tuple[futures.ThreadPoolExecutor, ...] = field(default=(), repr=False)
     _metrics_http: WSGIServer | None = field(default=None, repr=False)
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
     _retrier: threading.Thread | None = field(default=None, repr=False)
@@ -83,6 +85,8 @@ class PredictionServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace).wait()
+        for pool in self.thread_pools:
+            pool.shutdown(wait=True)
         if self._retrier is not None:
             self._retrier.join(timeout=5)
         if self._metrics_http is not None:
@@ -157,9 +161,8 @@ def build_server(
     housing_pb2_grpc.add_HousingPredictorServicer_to_server(HousingPredictorServicer(housing), grpc_server)
     iris_pb2_grpc.add_IrisClassifierServicer_to_server(IrisClassifierServicer(iris), grpc_server)
 
-    health_servicer = health.HealthServicer(
-        experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1)
-    )
+    health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+    health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=health_pool)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reporter = _HealthReporter(health_servicer, store)
     store.subscribe(reporter.model_changed)
@@ -187,4 +190,5 @@ def build_server(
         store=store,
         loader=loader,
         metrics_registry=metrics_registry,
+        thread_pools=(executor, health_pool),
     )
