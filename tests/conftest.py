@@ -3,6 +3,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+# pytest_sessionstart is a hook: under CI a run with a prerequisite missing stops at its start.
+from .prerequisites import HOUSING_DATA, REPO_ROOT, pytest_sessionstart, running_in_ci  # noqa: F401
 
 # MLflow decides about telemetry when it is first imported, which happens while tests are collected.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -11,19 +16,21 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 # threads turn a 2 s gradient-boosting fit into minutes. Read when scikit-learn's OpenMP runtime loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ("tests.suite_gate",)
+
+# Property tests: in CI the same examples every run (derandomised, nothing read or written); locally the
+# failing examples are kept in .hypothesis/ (git-ignored) and replayed first, so a failure seen once comes back.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile(
+    "dev", database=DirectoryBasedExampleDatabase(REPO_ROOT / ".hypothesis" / "examples"), print_blob=True
+)
+hypothesis_settings.load_profile("ci" if running_in_ci() else "dev")
 
 
 @pytest.fixture(scope="session")
 def offline_data_home() -> Path:
     """scikit-learn's data home holding the California housing cache: tests never download."""
-    configured = os.environ.get("SCIKIT_LEARN_DATA")
-    candidates = [Path(configured)] if configured else []
-    candidates.append(REPO_ROOT.parent / "shared" / "data" / "scikit_learn_data")
-    for candidate in candidates:
-        if (candidate / "cal_housing_py3.pkz").is_file():
-            return candidate
-    pytest.skip("California housing data is not available offline; set SCIKIT_LEARN_DATA")
+    return HOUSING_DATA.require()
 
 
 # Imported after the environment is set: MLflow reads it on import.

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from re import Match, Pattern
 
-from .conftest import REPO_ROOT
+from .prerequisites import REPO_ROOT
 
 
 class Process:
@@ -30,23 +30,34 @@ class Process:
         )
         self._new_session = new_session
         self.lines: list[str] = []
+        self._new_line = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
-            self.lines.append(line)
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        with self._new_line:
+            self._new_line.notify_all()
 
     def wait_for(self, pattern: Pattern[str], timeout: float = 60) -> Match[str]:
+        """The first line matching ``pattern``, waiting for it until ``timeout`` or the end of the output."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := pattern.search(line):
-                    return match
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
+        searched = 0
+        with self._new_line:
+            while True:
+                for line in self.lines[searched:]:
+                    if match := pattern.search(line):
+                        return match
+                searched = len(self.lines)
+                # The reader ends only after the last line is in: once it has, no line can come any more.
+                remaining = deadline - time.monotonic()
+                if not self._reader.is_alive() or remaining <= 0:
+                    break
+                self._new_line.wait(timeout=min(remaining, 0.5))
         raise AssertionError(f"no line matching {pattern.pattern!r}:\n{''.join(self.lines)}")
 
     def terminate(self, timeout: float = 20) -> int:

@@ -317,7 +317,8 @@ class ScriptedServer:
 def scripted_server() -> Iterator[ScriptedServer]:
     """Both prediction services, admin and health (SERVING) on 127.0.0.1, a free port."""
     script = Script()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
+    workers = futures.ThreadPoolExecutor(max_workers=8)
+    server = grpc.server(workers, options=[("grpc.so_reuseport", 0)])
     housing_pb2_grpc.add_HousingPredictorServicer_to_server(ScriptedHousing(script), server)
     iris_pb2_grpc.add_IrisClassifierServicer_to_server(ScriptedIris(script), server)
     admin_pb2_grpc.add_ModelAdminServicer_to_server(ScriptedAdmin(script), server)
@@ -331,3 +332,4 @@ def scripted_server() -> Iterator[ScriptedServer]:
         yield ScriptedServer(port=port, script=script, health=health_servicer)
     finally:
         server.stop(grace=0).wait()
+        workers.shutdown(wait=True)

@@ -4,7 +4,8 @@ The cases come from the bridge's own OpenAPI document, for every operation, both
 that break the schema on purpose; every response is checked by schemathesis (server errors, status
 codes, content types and bodies against the documented schemas). Admin operations are sent with the
 server's token, so they reach its servicer; schemathesis then also checks, on every 2xx, that the same
-call without the token or with a wrong one is refused.
+call without the token or with a wrong one is refused. The hypothesis profiles are in ``tests/conftest.py``:
+the same examples every run under CI, a local example database elsewhere.
 """
 
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from prometheus_client import CollectorRegistry
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.result import Ok
@@ -57,8 +58,6 @@ def _fuzz(schema: BaseSchema, mode: GenerationMode, authorization: str) -> int:
         @settings(
             max_examples=EXAMPLES_PER_OPERATION,
             deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
         )
         def check(case: schemathesis.Case[Any]) -> None:
             # Spelt as the security scheme names it: schemathesis strips exactly that name from its probes.

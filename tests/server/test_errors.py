@@ -12,6 +12,7 @@ from model_registry.memory import InMemoryRegistry
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
 
 from .conftest import channel_to, in_memory_registry, running_server
+from .estimators import GatedRegressor
 from .test_metrics import _scrape, _value
 
 INTERNAL_DETAIL = "connection string postgres://admin:hunter2@db"
@@ -28,15 +29,6 @@ class FragileRegressor:
             return np.full(len(values), np.nan)
         if (values[:, 0] == 25).any():
             raise RuntimeError(INTERNAL_DETAIL)
-        return np.ones(len(values))
-
-
-class SlowRegressor:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def predict(self, values: np.ndarray) -> np.ndarray:
-        time.sleep(self.seconds)
         return np.ones(len(values))
 
 
@@ -95,14 +87,35 @@ def test_a_model_that_fails_its_warm_up_is_not_served():
 
 
 def test_stop_lets_in_flight_calls_finish_and_refuses_new_ones():
-    with running_server(_registry_with(SlowRegressor(0.8))) as server, channel_to(server) as channel:
+    model = GatedRegressor()
+    with running_server(_registry_with(model)) as server, channel_to(server) as channel:
         stub = housing_pb2_grpc.HousingPredictorStub(channel)
-        in_flight = stub.Predict.future(_house(5.0))
-        time.sleep(0.2)
-        stopper = threading.Thread(target=server.stop, kwargs={"grace": 5.0})
-        stopper.start()
-        assert in_flight.result(timeout=5).median_house_value == 1.0
-        stopper.join(timeout=10)
-        with pytest.raises(grpc.RpcError) as raised:
-            stub.Predict(_house(5.0), timeout=2)
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        model.gated = True
+        try:
+            in_flight = stub.Predict.future(_house(5.0), timeout=60)
+            assert model.entered.acquire(timeout=30), "the call never reached the model"
+            stopper = threading.Thread(target=server.stop, kwargs={"grace": 30.0})
+            stopper.start()
+            # Refused while the first call is still inside the model.
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as newcomer:
+                refused = _first_refusal(housing_pb2_grpc.HousingPredictorStub(newcomer))
+            assert not in_flight.done()
+        finally:
+            model.release.set()
+        assert in_flight.result(timeout=30).median_house_value == 1.0
+        stopper.join(timeout=30)
+        assert not stopper.is_alive()
+    assert refused == grpc.StatusCode.UNAVAILABLE
+
+
+def _first_refusal(stub: housing_pb2_grpc.HousingPredictorStub) -> grpc.StatusCode:
+    """Call until refused (UNAVAILABLE). Calls made before stop() closes the listener are admitted (and wait
+    at the gate too) or, when they arrive as it begins, cancelled."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            stub.Predict(_house(5.0), timeout=0.5)
+        except grpc.RpcError as error:
+            if error.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                return error.code()
+    raise AssertionError("new calls were never refused")

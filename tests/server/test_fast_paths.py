@@ -10,6 +10,7 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from model_registry import LoadedArtifact
 from model_registry.memory import InMemoryRegistry
+from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 from server.domain import LoadedModel
 from server.execution import ModelRunner
 from server.fast_paths import CompiledForest, CompiledLogistic, compile_fast_path, reproduces
@@ -17,6 +18,8 @@ from server.model_store import ModelSlot
 from server.preparation import ModelPreparer
 from server.runtime import PredictRuntime
 from server.services import HOUSING, IRIS, ServiceSpec
+
+from .conftest import channel_to, running_server
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +125,6 @@ def test_iris_preparation_attaches_the_fast_path_and_it_answers_the_same(iris_da
 
 
 def test_a_built_server_gives_both_services_their_fast_paths(regressor, iris_data):
-    from .conftest import running_server  # noqa: PLC0415
-
     features, target = iris_data
     registry = InMemoryRegistry()
     registry.register("CaliforniaHousingBestModel", regressor, alias="champion")
@@ -132,3 +133,109 @@ def test_a_built_server_gives_both_services_their_fast_paths(regressor, iris_dat
     with running_server(registry) as server:
         assert server.store.get(ModelSlot.HOUSING).champion.small_batch_predict is not None
         assert server.store.get(ModelSlot.IRIS).champion.small_batch_predict is not None
+
+
+# Served answers, seen by a gRPC client of a real server: which path answered, and that it was exact.
+
+FLOWERS = np.array([[5.1, 3.5, 1.4, 0.2], [6.4, 3.2, 4.5, 1.5], [6.3, 3.3, 6.0, 2.5], [5.9, 3.0, 5.1, 1.8]])
+
+
+@pytest.fixture(scope="module")
+def iris_pipeline(iris_data):
+    features, target = iris_data
+    pipeline = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression(C=10, max_iter=1000))])
+    return pipeline.fit(features, target)
+
+
+def _houses(rows: int) -> np.ndarray:
+    houses = np.tile(HOUSING.features.example_row, (rows, 1))
+    houses[:, 0] = np.linspace(0.5, 14.5, rows)  # median income, across its whole accepted range
+    return houses
+
+
+def _house_messages(rows: np.ndarray) -> list[housing_pb2.HousingFeatures]:
+    names = HOUSING.features.names
+    return [housing_pb2.HousingFeatures(**dict(zip(names, row, strict=True))) for row in rows.tolist()]
+
+
+def _flower_message(row: np.ndarray) -> iris_pb2.IrisFeatures:
+    return iris_pb2.IrisFeatures(**dict(zip(IRIS.features.names, row.tolist(), strict=True)))
+
+
+def _served(regressor, iris_pipeline) -> InMemoryRegistry:
+    registry = InMemoryRegistry()
+    registry.register("CaliforniaHousingBestModel", regressor, alias="champion")
+    registry.register("IrisBestModel", iris_pipeline, alias="champion")
+    return registry
+
+
+class CallCounter:
+    """Wraps a method, counting its calls and changing nothing else."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> None:
+        self.calls = 0
+        original = getattr(owner, name)
+
+        def counted(instance, *args, **kwargs):
+            self.calls += 1
+            return original(instance, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+
+def _one_ulp_up(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> CallCounter:
+    """A tampered fast path: every answer one ulp above the true one. Counts its calls too."""
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda instance, values: np.nextafter(original(instance, values), np.inf))
+    return CallCounter(monkeypatch, owner, name)
+
+
+def test_a_fast_path_that_disagrees_with_scikit_learn_is_refused_and_scikit_learn_answers(
+    regressor, iris_pipeline, monkeypatch
+):
+    tampered_forest = _one_ulp_up(monkeypatch, CompiledForest, "predict")
+    tampered_logistic = _one_ulp_up(monkeypatch, CompiledLogistic, "predict_proba")
+    with running_server(_served(regressor, iris_pipeline)) as server, channel_to(server) as channel:
+        assert tampered_forest.calls > 0 and tampered_logistic.calls > 0, "the proof at load never ran"
+        proved = tampered_forest.calls, tampered_logistic.calls
+        housing = housing_pb2_grpc.HousingPredictorStub(channel)
+        iris = iris_pb2_grpc.IrisClassifierStub(channel)
+        houses = _houses(server.settings.small_batch_rows)
+
+        one = housing.Predict(_house_messages(houses[:1])[0]).median_house_value
+        batch = housing.PredictBatch(housing_pb2.HousingBatchRequest(instances=_house_messages(houses)))
+        flower = iris.Classify(_flower_message(FLOWERS[0])).probabilities
+
+    assert one == regressor.predict(houses[:1])[0]
+    assert [value.median_house_value for value in batch.predictions] == regressor.predict(houses).tolist()
+    assert [flower.setosa, flower.versicolor, flower.virginica] == iris_pipeline.predict_proba(FLOWERS[:1])[0].tolist()
+    assert (tampered_forest.calls, tampered_logistic.calls) == proved, "a refused fast path answered a request"
+
+
+def test_requests_up_to_the_small_batch_limit_are_answered_by_the_fast_paths_and_not_by_scikit_learn(
+    regressor, iris_pipeline, monkeypatch
+):
+    compiled_forest = CallCounter(monkeypatch, CompiledForest, "predict")
+    compiled_logistic = CallCounter(monkeypatch, CompiledLogistic, "predict_proba")
+    boosting = CallCounter(monkeypatch, HistGradientBoostingRegressor, "predict")
+    pipeline = CallCounter(monkeypatch, Pipeline, "predict_proba")
+    with running_server(_served(regressor, iris_pipeline)) as server, channel_to(server) as channel:
+        housing = housing_pb2_grpc.HousingPredictorStub(channel)
+        iris = iris_pb2_grpc.IrisClassifierStub(channel)
+        limit = server.settings.small_batch_rows
+        assert limit > 1
+        counters = (compiled_forest, compiled_logistic, boosting, pipeline)
+        for counter in counters:  # the proof and the warm-up at load used both paths
+            counter.calls = 0
+
+        housing.Predict(_house_messages(_houses(1))[0])
+        housing.PredictBatch(housing_pb2.HousingBatchRequest(instances=_house_messages(_houses(limit))))
+        iris.Classify(_flower_message(FLOWERS[0]))
+        iris.ClassifyBatch(iris_pb2.IrisBatchRequest(instances=[_flower_message(row) for row in FLOWERS]))
+        assert [counter.calls for counter in counters] == [2, 2, 0, 0]
+
+        housing.PredictBatch(housing_pb2.HousingBatchRequest(instances=_house_messages(_houses(limit + 1))))
+        iris.ClassifyBatch(
+            iris_pb2.IrisBatchRequest(instances=[_flower_message(FLOWERS[n % 4]) for n in range(limit + 1)])
+        )
+        assert [counter.calls for counter in counters] == [2, 2, 1, 1]

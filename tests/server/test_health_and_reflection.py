@@ -1,11 +1,8 @@
 """What operators and engineers see: health per service, reflection, and grpcurl working from it alone."""
 
 import json
-import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +12,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 from server.app import PredictionServer, build_server
 
+from ..prerequisites import GRPCURL
 from .conftest import channel_to, in_memory_registry, running_server, server_settings, small_housing_model
 
 HOUSING = "prediction.v1.HousingPredictor"
@@ -81,10 +79,7 @@ def test_reflection_lists_every_service_health_and_reflection(channel):
 @pytest.fixture(scope="module")
 def grpcurl() -> str:
     """The grpcurl binary the dev dependencies install next to this interpreter."""
-    beside_python = Path(sys.executable).parent / "grpcurl"
-    path = str(beside_python) if beside_python.exists() else shutil.which("grpcurl")
-    assert path is not None, "grpcurl is missing: install the dev dependencies (make install)"
-    return path
+    return str(GRPCURL.require())
 
 
 def _grpcurl(grpcurl: str, server: PredictionServer, *command: str, data: str | None = None) -> str:

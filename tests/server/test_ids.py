@@ -14,7 +14,7 @@ import pytest
 
 import server.ids
 from server.ids import new_prediction_id, new_prediction_ids, prediction_id_millisecond
-from tests.conftest import REPO_ROOT
+from tests.prerequisites import REPO_ROOT
 
 # Batch sizes on both sides of the switch from per-id formatting to numpy (24).
 SIZES = (1, 2, 23, 24, 25, 100, 1000)

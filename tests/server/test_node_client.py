@@ -1,26 +1,19 @@
 """A client in another language, built from the .proto files alone, against the real server."""
 
 import json
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from server.app import PredictionServer
 
-from ..conftest import REPO_ROOT
-
-NODE_CLIENT = Path(__file__).parent / "node_client"
+from ..prerequisites import NODE, NODE_CLIENT, NODE_CLIENT_PACKAGES, REPO_ROOT
 
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.skip("Node.js is not installed")
-    assert (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run `make install` (npm ci) first"
-    return path
+    NODE_CLIENT_PACKAGES.require()
+    return str(NODE.require())
 
 
 def test_node_client_from_protos_alone_gets_typed_answers(node, mlflow_server: PredictionServer):

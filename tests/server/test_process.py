@@ -3,17 +3,20 @@
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.prediction.v1 import iris_pb2, iris_pb2_grpc
+from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
+from server.features import HOUSING_FEATURE_TABLE
 from training.settings import TrainingSettings
 
 from ..processes import Process, started
+from .test_metrics import _scrape, _value
 
 PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
 
@@ -51,3 +54,153 @@ def test_server_process_serves_then_stops_cleanly_on_sigterm(server_process: Pro
     server_process.wait_for(re.compile(r"received SIGTERM: shutting down"))
     server_process.wait_for(re.compile(r"server stopped"))
     server_process.wait_for(re.compile(r"/prediction.v1.IrisClassifier/Classify OK [0-9.]+ms request_id=e2e-7"))
+
+
+# Calls that are genuinely slow with the real model: large batches through scikit-learn, one at a time
+# (PREDICTOR_MAX_CONCURRENT_PREDICTIONS=1), so the later ones queue for the prediction slot.
+DRAIN_CALLS = 6
+ROWS_PER_CALL = 50_000
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture(scope="module")
+def large_batch() -> housing_pb2.HousingBatchRequest:
+    rows = np.tile(HOUSING_FEATURE_TABLE.example_row, (ROWS_PER_CALL, 1))
+    rows[:, 0] = np.linspace(1.0, 10.0, ROWS_PER_CALL)  # median income: every row a different house
+    names = HOUSING_FEATURE_TABLE.names
+    return housing_pb2.HousingBatchRequest(
+        instances=[housing_pb2.HousingFeatures(**dict(zip(names, row, strict=True))) for row in rows.tolist()]
+    )
+
+
+def _draining_server(trained_registry: TrainingSettings, grace_seconds: float) -> Process:
+    env = {
+        "MLFLOW_TRACKING_URI": trained_registry.mlflow_tracking_uri,
+        "PREDICTOR_HOST": "127.0.0.1",
+        "PREDICTOR_PORT": "0",
+        "PREDICTOR_METRICS_HOST": "127.0.0.1",
+        "PREDICTOR_METRICS_PORT": "0",
+        "PREDICTOR_GRACE_SECONDS": str(grace_seconds),
+        "PREDICTOR_MAX_CONCURRENT_PREDICTIONS": "1",
+        "PREDICTOR_MAX_BATCH_SIZE": str(ROWS_PER_CALL),
+        "PREDICTOR_MAX_WORKERS": str(DRAIN_CALLS + 4),
+    }
+    return Process(["-m", "server"], env)
+
+
+def _wait_until_serving(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 60
+    while health.Check(health_pb2.HealthCheckRequest()).status != SERVING:
+        assert time.monotonic() < deadline, "server never became SERVING"
+        time.sleep(0.1)
+
+
+def _start_calls_and_wait_until_in_flight(
+    channel: grpc.Channel, metrics_port: int, request: housing_pb2.HousingBatchRequest
+) -> "Sequence[grpc.Future[housing_pb2.HousingBatchPrediction]]":
+    """DRAIN_CALLS batch calls, returned once the server has started every one of them (its own metrics)."""
+    stub = housing_pb2_grpc.HousingPredictorStub(channel)
+    calls = [
+        stub.PredictBatch.future(request, timeout=120, metadata=(("x-request-id", f"drain-{n}"),))
+        for n in range(DRAIN_CALLS)
+    ]
+    labels = {"grpc_service": "prediction.v1.HousingPredictor", "grpc_method": "PredictBatch", "grpc_type": "UNARY"}
+    deadline = time.monotonic() + 60
+    while _value(_scrape(metrics_port), "grpc_server_started_total", **labels) < DRAIN_CALLS:
+        assert time.monotonic() < deadline, "the server never started every call"
+        assert not any(call.done() for call in calls), "a call ended before the last one started: too fast to drain"
+        time.sleep(0.05)
+    return calls
+
+
+def test_sigterm_drains_calls_in_flight_after_health_turns_not_serving_and_refuses_new_ones(
+    trained_registry: TrainingSettings, large_batch: housing_pb2.HousingBatchRequest
+):
+    grace_seconds = 60.0
+    server = _draining_server(trained_registry, grace_seconds)
+    try:
+        ports = server.wait_for(PORTS)
+        target = f"127.0.0.1:{ports.group(1)}"
+        with grpc.insecure_channel(target) as channel, grpc.insecure_channel(target) as watching:
+            _wait_until_serving(channel)
+            watch = health_pb2_grpc.HealthStub(watching).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            assert next(watch).status == SERVING
+            calls = _start_calls_and_wait_until_in_flight(channel, int(ports.group(2)), large_batch)
+
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            # Watchers are told first, while every call is still being answered.
+            assert next(watch).status == NOT_SERVING
+            finished_when_not_serving = sum(call.done() for call in calls)
+            watch.cancel()
+            # Then the listener closes: a new client is refused while the calls drain.
+            with grpc.insecure_channel(target) as newcomer:
+                refused = _first_refusal(newcomer)
+            finished_when_refused = sum(call.done() for call in calls)
+
+            answers = [call.result(timeout=120) for call in calls]
+            code = server.process.wait(timeout=max(1.0, grace_seconds - (time.monotonic() - signalled)))
+    finally:
+        server.kill()
+
+    assert finished_when_not_serving < DRAIN_CALLS
+    assert refused == grpc.StatusCode.UNAVAILABLE
+    assert finished_when_refused < DRAIN_CALLS
+    assert [len(answer.predictions) for answer in answers] == [ROWS_PER_CALL] * DRAIN_CALLS
+    assert {answer.model.version for answer in answers} == {"1"}
+    assert code == 0
+    log = "".join(server.lines)
+    sigterm_at = log.index("received SIGTERM: shutting down")
+    drained = re.findall(r"PredictBatch OK [\d.]+ms request_id=drain-\d", log[sigterm_at:])
+    assert len(drained) >= 2, log
+    assert log.index("server stopped") > sigterm_at
+
+
+def _first_refusal(channel: grpc.Channel) -> grpc.StatusCode:
+    """Call until refused (UNAVAILABLE). Calls made between NOT_SERVING and the listener closing are admitted
+    (and answered) or, when they arrive as it closes, cancelled."""
+    stub = housing_pb2_grpc.HousingPredictorStub(channel)
+    house = housing_pb2.HousingFeatures(
+        **dict(zip(HOUSING_FEATURE_TABLE.names, HOUSING_FEATURE_TABLE.example_row.ravel().tolist(), strict=True))
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            stub.Predict(house, timeout=1)
+        except grpc.RpcError as error:
+            if error.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                return error.code()
+    raise AssertionError("new calls were never refused")
+
+
+def test_calls_still_running_when_the_grace_ends_are_cut_and_the_process_exits_cleanly(
+    trained_registry: TrainingSettings, large_batch: housing_pb2.HousingBatchRequest
+):
+    # A grace far shorter than the queued work (the calls above take seconds to drain): it is read and kept.
+    server = _draining_server(trained_registry, grace_seconds=0.5)
+    try:
+        ports = server.wait_for(PORTS)
+        with grpc.insecure_channel(f"127.0.0.1:{ports.group(1)}") as channel:
+            _wait_until_serving(channel)
+            calls = _start_calls_and_wait_until_in_flight(channel, int(ports.group(2)), large_batch)
+            server.process.send_signal(signal.SIGTERM)
+            codes = [_code_of(call) for call in calls]
+            exit_code = server.process.wait(timeout=60)
+    finally:
+        server.kill()
+
+    assert exit_code == 0
+    assert codes.count(grpc.StatusCode.OK) < DRAIN_CALLS, codes
+    # The server cancels what is left when the grace ends; the client sees its connection go.
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, codes
+    server.wait_for(re.compile(r"server stopped"))
+
+
+def _code_of(call: "grpc.Future[housing_pb2.HousingBatchPrediction]") -> grpc.StatusCode:
+    try:
+        call.result(timeout=120)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK

@@ -1,7 +1,22 @@
+"""How scikit-learn calls use the CPU: prediction slots and per-thread OpenMP limits (``server.runtime``)."""
+
+import os
 import subprocess
 import sys
+import threading
 
-from ..conftest import REPO_ROOT
+import numpy as np
+import pytest
+
+from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
+from server.runtime import PredictRuntime
+from server.services import HOUSING
+
+from ..prerequisites import REPO_ROOT
+from .conftest import channel_to, in_memory_registry, running_server
+from .estimators import GatedRegressor, ThreadpoolProbe
+
+ONE_ROW = np.ones((1, 8))
 
 
 def test_the_runtime_controls_openmp_even_when_made_before_any_model_is_loaded():
@@ -11,3 +26,96 @@ def test_the_runtime_controls_openmp_even_when_made_before_any_model_is_loaded()
         [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     assert "openmp" in result.stdout
+
+
+@pytest.mark.parametrize(("slots", "expected"), [(1, 1), (2, 2), (0, os.cpu_count() or 1)], ids=["1", "2", "per-core"])
+def test_no_more_calls_than_slots_run_at_once_and_the_others_wait_their_turn(slots: int, expected: int):
+    runtime = PredictRuntime(parallel_batch_rows=256, max_concurrent_calls=slots)
+    model = GatedRegressor()
+    model.gated = True
+    callers = [threading.Thread(target=runtime.run, args=(model.predict, ONE_ROW)) for _ in range(expected + 2)]
+    for caller in callers:
+        caller.start()
+    try:
+        for _ in range(expected):
+            assert model.entered.acquire(timeout=30), "a call never got a free slot"
+        # The others wait for a slot: none gets in while the first ones hold theirs.
+        assert not model.entered.acquire(timeout=0.3)
+    finally:
+        model.release.set()
+        for caller in callers:
+            caller.join(timeout=30)
+    assert model.most_at_once == expected
+
+
+def _houses(rows: int) -> housing_pb2.HousingBatchRequest:
+    row = dict(zip(HOUSING.features.names, HOUSING.features.example_row.ravel().tolist(), strict=True))
+    return housing_pb2.HousingBatchRequest(instances=[housing_pb2.HousingFeatures(**row)] * rows)
+
+
+def test_the_server_runs_at_most_max_concurrent_predictions_scikit_learn_calls_at_once(monkeypatch):
+    monkeypatch.setenv("PREDICTOR_MAX_CONCURRENT_PREDICTIONS", "1")
+    model = GatedRegressor()
+    registry = in_memory_registry(housing=False)
+    registry.register("CaliforniaHousingBestModel", model, alias="champion")
+    with running_server(registry, max_workers=6) as server, channel_to(server) as channel:
+        assert server.settings.max_concurrent_predictions == 1
+        stub = housing_pb2_grpc.HousingPredictorStub(channel)
+        model.gated = True
+        try:
+            calls = [stub.PredictBatch.future(_houses(3), timeout=60) for _ in range(4)]
+            assert model.entered.acquire(timeout=30)
+            assert not model.entered.acquire(timeout=0.3), "a second call ran while the first held the only slot"
+        finally:
+            model.release.set()
+        assert [len(call.result(timeout=30).predictions) for call in calls] == [3] * 4
+    assert model.most_at_once == 1
+
+
+def test_rpc_workers_run_openmp_single_threaded_and_large_batches_use_every_core():
+    probe = ThreadpoolProbe()
+    registry = in_memory_registry(housing=False)
+    registry.register("CaliforniaHousingBestModel", probe, alias="champion")
+    with running_server(registry) as server, channel_to(server) as channel:
+        stub = housing_pb2_grpc.HousingPredictorStub(channel)
+        large = server.settings.parallel_batch_rows
+        probe.seen.clear()  # the warm-up at load ran on this thread, not on a worker
+        stub.PredictBatch(_houses(1))
+        stub.PredictBatch(_houses(large))
+        stub.PredictBatch(_houses(large - 1))
+        stub.PredictBatch(_houses(1))
+
+    cores = os.cpu_count() or 1
+    assert [(rows, threads) for rows, threads, _ in probe.seen] == [(1, 1), (large, cores), (large - 1, 1), (1, 1)]
+    assert all(thread.startswith("rpc") for _, _, thread in probe.seen), probe.seen
+
+
+def test_a_large_batch_lifts_the_limit_only_for_its_own_call():
+    # Two calls at once: the large one's lift of the OpenMP limit is its thread's alone.
+    runtime = PredictRuntime(parallel_batch_rows=4, max_concurrent_calls=2)
+    probe = ThreadpoolProbe()
+    inside_large = threading.Event()
+    small_done = threading.Event()
+
+    def large_predict(values: np.ndarray) -> np.ndarray:
+        answer = probe.predict(values)
+        inside_large.set()
+        assert small_done.wait(timeout=30)
+        return answer
+
+    def small_call() -> None:
+        runtime.limit_current_thread()  # what every RPC worker does when it starts
+        assert inside_large.wait(timeout=30)
+        runtime.run(probe.predict, ONE_ROW)
+        small_done.set()
+
+    def large_call() -> None:
+        runtime.limit_current_thread()
+        runtime.run(large_predict, np.ones((4, 8)))
+
+    threads = [threading.Thread(target=small_call), threading.Thread(target=large_call)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted((rows, threads) for rows, threads, _ in probe.seen) == [(1, 1), (4, os.cpu_count() or 1)]

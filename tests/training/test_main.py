@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.prerequisites import REPO_ROOT
 from training.__main__ import main
 
 

@@ -34,7 +34,7 @@ from server.admin.operations import (
     RetrainRunner,
     RunnerStoppedError,
 )
-from tests.conftest import REPO_ROOT
+from tests.prerequisites import REPO_ROOT
 from training.hyperparameters import HyperparameterError
 
 HOUSING_MODEL = "CaliforniaHousingBestModel"

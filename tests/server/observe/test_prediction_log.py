@@ -30,7 +30,7 @@ from server.observe.prediction_log import (
     PredictionLog,
     PredictionLogError,
 )
-from tests.conftest import REPO_ROOT
+from tests.prerequisites import REPO_ROOT
 
 HOUSING_FEATURES = (
     "median_income",
