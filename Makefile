@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/prediction/v1/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain
+.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow
 
 NODE_CLIENT := tests/server/node_client
 
@@ -100,6 +100,10 @@ bench-bridge: install
 # Housing Predict latency with and without a retrain running, retrain niceness 10 and 0 (about 6 minutes).
 bench-retrain: install
 	$(BIN)/python -m benchmarks.retrain_latency --niceness 10 0
+
+# The champion's latency with shadow traffic off and on, against a challenger 20 ms slower per call.
+bench-shadow: install
+	$(BIN)/python -m benchmarks.shadow_latency
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -7,8 +7,8 @@ reported, then the median and the spread over rounds):
 - the request thread's share for one request: building the ``PredictionEvent`` and ``offer``-ing it, for 1 and
   1,000 rows (writer stopped, so only the request path is timed; and with the writer draining, accepted offers);
 - the writer's sustained rows per second: the queue filled first, then drained by ``close`` to disk;
-- interference: a request-like CPU task (a small numpy computation) timed alone and while the writer drains a
-  backlog, because the writer's JSON encoding holds the GIL that request threads need.
+- interference: a request-like loop paced at a rate this server can answer, timed without and with the log,
+  because the writer's JSON encoding holds the GIL that request threads need.
 """
 
 import argparse
@@ -160,18 +160,22 @@ def measure_writer(folder: Path, total_rows: int) -> None:
         )
 
 
-def measure_interference(folder: Path, calls: int, rows: int) -> None:
-    print(
-        f"interference: a request-like loop (a small numpy task, then ids + event + offer of {rows} row(s)), "
-        "without and with the log (server settings: queue 10,000, transactions of 1,000, a pass every 0.5 s)"
-    )
+def measure_interference(folder: Path, seconds: float, rows: int, rate: float) -> None:
+    """A request-like loop at ``rate`` requests a second: a small numpy task, then ids + event + offer.
+
+    Each iteration is timed without the pause that paces it: the pause stands for the time a server thread
+    spends outside Python (network, gRPC's C core), when the writer can run without taking the GIL from anyone.
+    """
     weights = np.random.default_rng(1).normal(size=(64, 64))
     inputs = housing_inputs(rows)
     outputs = inputs[:, 0] / 3.0 + 1e-9
+    calls = int(seconds * rate)
 
     def loop(log: PredictionLog | None) -> list[float]:
         samples = []
+        next_start = time.perf_counter()
         for _ in range(calls):
+            next_start += 1.0 / rate
             started = time.perf_counter_ns()
             result = np.ones(64)
             for _ in range(20):
@@ -179,15 +183,17 @@ def measure_interference(folder: Path, calls: int, rows: int) -> None:
             if log is not None:
                 log.offer(make_event(new_prediction_ids(rows), inputs, outputs))
             samples.append((time.perf_counter_ns() - started) / 1000)
+            time.sleep(max(0.0, next_start - time.perf_counter()))
         return sorted(samples)
 
     def summary(samples: list[float]) -> str:
         def at(share: float) -> float:
             return samples[min(len(samples) - 1, int(len(samples) * share))]
 
-        return f"p50 {at(0.5):8.1f} µs, p99 {at(0.99):8.1f} µs, p99.9 {at(0.999):8.1f} µs, max {samples[-1]:8.1f} µs"
+        return f"p50 {at(0.5):7.1f} µs, p99 {at(0.99):7.1f} µs, p99.9 {at(0.999):7.1f} µs, max {samples[-1]:8.1f} µs"
 
     alone = loop(None)
+    registry = CollectorRegistry()
     log = PredictionLog(
         folder / f"interference-{rows}.db",
         queue_size=10_000,
@@ -195,15 +201,15 @@ def measure_interference(folder: Path, calls: int, rows: int) -> None:
         flush_seconds=0.5,
         max_age_seconds=None,
         max_rows=None,
-        metrics_registry=CollectorRegistry(),
+        metrics_registry=registry,
     )
     log.start()
-    started = time.perf_counter()
     logged = loop(log)
-    seconds = time.perf_counter() - started
     log.close(timeout=600)
-    print(f"  without the log: {summary(alone)}")
-    print(f"  with the log:    {summary(logged)}  ({calls * rows / seconds:,.0f} rows/s logged)")
+    written = registry.get_sample_value("prediction_log_rows_written_total")
+    case = f"{rows:>4} row(s) x {rate:>5,.0f} req/s"
+    print(f"  {case}, without the log: {summary(alone)}")
+    print(f"  {case}, with the log:    {summary(logged)}  ({written:,.0f} rows written)")
 
 
 def main() -> None:
@@ -211,15 +217,19 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--writer-rows", type=int, default=200_000, help="rows per writer measurement")
-    parser.add_argument("--interference-calls", type=int, default=20_000, help="iterations of the request-like loop")
+    parser.add_argument("--interference-seconds", type=float, default=10.0, help="length of each request-like loop")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="prediction-log-bench-") as folder:
         measure_ids(arguments.calls, arguments.rounds)
         measure_offer(Path(folder), arguments.calls, arguments.rounds)
         measure_request_share(Path(folder), arguments.calls, arguments.rounds)
         measure_writer(Path(folder), arguments.writer_rows)
-        for rows in (1, 100):
-            measure_interference(Path(folder), arguments.interference_calls, rows)
+        print(
+            "interference: a request-like loop (a ~100 µs numpy task, then ids + event + offer), timed without and "
+            "with the log (the server's settings: queue 10,000, transactions of 1,000, a pass every 0.5 s)"
+        )
+        for rows, rate in ((1, 2000.0), (100, 130.0), (1000, 20.0)):
+            measure_interference(Path(folder), arguments.interference_seconds, rows, rate)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,10 @@ class ServerSettings(BaseSettings):
     prediction_log: bool = Field(True, description="Keep every prediction in the prediction log (SQLite).")
     prediction_log_path: Path = Field(Path("logs/predictions.db"), description="The prediction log's database file.")
     prediction_log_queue_size: int = Field(
-        10_000, ge=1, description="Requests waiting for the log's writer; beyond it rows are dropped and counted."
+        1000,
+        ge=1,
+        description="Requests waiting for the log's writer; beyond it rows are dropped and counted. Bounds the "
+        "backlog's memory: a full 1,000-row batch holds about 165 KB until it is written.",
     )
     prediction_log_batch_rows: int = Field(1000, ge=1, description="Rows the writer inserts per transaction at most.")
     prediction_log_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged row waits to be written.")

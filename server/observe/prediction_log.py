@@ -11,9 +11,10 @@ it early. It turns the events into rows (inputs and output as JSON objects) and 
 ``retention_interval_seconds``, deleting at most ``retention_chunk_rows`` rows per transaction: a large backlog
 (a lowered ``max_rows``) is deleted chunk after chunk with the inserts in between, so it never stalls them.
 
-The database is in WAL mode with ``synchronous=NORMAL``: a commit costs no fsync, a killed process loses at most
-the transaction it was writing and leaves a database that opens and passes ``PRAGMA integrity_check`` (a power
-cut may lose the last commits, never consistency). Readers (``get``) never block the writer.
+The database is in WAL mode with ``synchronous=NORMAL``: a commit costs no fsync; a killed process loses what was
+still queued and the transaction it was writing, and leaves a database that opens and passes ``PRAGMA
+integrity_check`` (a power cut may also lose the last commits, never consistency). Readers (``get``) never block
+the writer.
 
 Schema (created when missing)::
 

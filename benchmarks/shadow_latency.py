@@ -1,0 +1,177 @@
+"""``python -m benchmarks.shadow_latency``: the champion's latency with and without a slow shadowing challenger.
+
+The server runs as its own process (``--serve``: the production iris pipeline as champion, the same pipeline
+made ``--challenger-ms`` slower per call as challenger, both in memory). This process sends single ``Classify``
+calls from ``--concurrency`` threads, in rounds that alternate the split between "no shadow" and "shadow on"
+(set through ``ModelAdmin/SetTrafficSplit``), and reports the medians of the rounds' p50 and p99, the rounds'
+throughput, and how many shadow copies the server dropped rather than waited for.
+"""
+
+import argparse
+import contextlib
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from types import FrameType
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
+
+PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
+FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2)
+
+
+class SlowPipeline:
+    """The champion's answers, ``seconds`` later: a challenger that is expensive to shadow."""
+
+    def __init__(self, model: object, seconds: float) -> None:
+        self._model = model
+        self.classes_ = model.classes_  # type: ignore[attr-defined]
+        self.seconds = seconds
+
+    def predict_proba(self, values: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return np.asarray(self._model.predict_proba(values))  # type: ignore[attr-defined]
+
+
+def serve(challenger_ms: float) -> None:
+    import logging  # noqa: PLC0415
+
+    from sklearn.datasets import load_iris  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+
+    from model_registry.memory import InMemoryRegistry  # noqa: PLC0415
+    from server.app import build_server  # noqa: PLC0415
+    from server.settings import ServerSettings  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("server.app").setLevel(logging.INFO)
+    features, species = load_iris(return_X_y=True)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(features, species)
+    registry = InMemoryRegistry()
+    registry.register("IrisBestModel", pipeline, alias="champion")
+    registry.register("IrisBestModel", SlowPipeline(pipeline, challenger_ms / 1000), alias="challenger")
+    settings = ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        admin_dev_mode=True,
+        prediction_log=False,
+        model_poll_seconds=0,
+        access_log=False,
+    )
+    server = build_server(settings, registry)
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    server.start()
+    server.load_models()  # housing is not registered: only iris serves, which is all this measures
+    stop.wait()
+    server.stop(grace=1.0)
+
+
+def _round(stub: iris_pb2_grpc.IrisClassifierStub, seconds: float, concurrency: int) -> tuple[list[float], float]:
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    deadline = time.monotonic() + seconds
+
+    def caller(mine: list[float]) -> None:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            stub.Classify(FLOWER, timeout=10)
+            mine.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=caller, args=(each,)) for each in latencies]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [value for each in latencies for value in each], time.monotonic() - began
+
+
+def _dropped(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r'^model_shadow_dropped_total\{model="IrisBestModel"\} ([0-9.e+]+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.shadow_latency", description=__doc__)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--challenger-ms", type=float, default=20.0, help="extra time of each challenger call")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each round")
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.challenger_ms)
+        return
+    command = [sys.executable, "-m", "benchmarks.shadow_latency", "--serve", "--challenger-ms", str(args.challenger_ms)]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        ports = None
+        for line in server.stderr:
+            if found := PORTS.search(line):
+                ports = int(found.group(1)), int(found.group(2))
+                break
+        if ports is None:
+            raise SystemExit("the server did not start")
+        with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+            stub = iris_pb2_grpc.IrisClassifierStub(channel)
+            admin = admin_pb2_grpc.ModelAdminStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            service = health_pb2.HealthCheckRequest(service="prediction.v1.IrisClassifier")
+            for _ in range(600):  # the port is printed before the models are loaded
+                if health.Check(service).status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                time.sleep(0.05)
+            for _ in range(200):  # warm-up
+                stub.Classify(FLOWER)
+            figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+            dropped = {False: 0.0, True: 0.0}
+            for number in range(args.rounds * 2):
+                shadow = number % 2 == 1
+                admin.SetTrafficSplit(admin_pb2.SetTrafficSplitRequest(model="iris", shadow=shadow))
+                while stub.GetModelInfo(model_pb2.GetModelInfoRequest()).shadow != shadow:
+                    time.sleep(0.01)
+                before = _dropped(ports[1])
+                latencies, wall = _round(stub, args.seconds, args.concurrency)
+                dropped[shadow] += _dropped(ports[1]) - before
+                q50, q99 = np.quantile(latencies, [0.5, 0.99]) * 1000
+                figures[shadow].append((float(q50), float(q99), len(latencies) / wall))
+        print(
+            f"iris Classify, {args.concurrency} in flight, challenger +{args.challenger_ms:g} ms, "
+            f"{args.rounds} rounds of {args.seconds:g} s each, medians of the rounds\n"
+        )
+        print("| shadow | p50 ms | p99 ms | req/s | shadow copies dropped |")
+        print("| --- | --- | --- | --- | --- |")
+        for shadow in (False, True):
+            p50, p99, rate = (statistics.median(column) for column in zip(*figures[shadow], strict=True))
+            print(f"| {'on' if shadow else 'off'} | {p50:.3f} | {p99:.3f} | {rate:,.0f} | {dropped[shadow]:,.0f} |")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=15)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+if __name__ == "__main__":
+    main()
