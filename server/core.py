@@ -15,7 +15,6 @@ from server.domain import (
     HousingPredictions,
     IrisClassifications,
     LoadedModel,
-    ModelDescription,
     ModelVersionRef,
     RequestContext,
 )
@@ -73,9 +72,6 @@ class ModelEndpoint:
         self._router = router or Router()
         self._observers = observers
         self._bound: dict[tuple[ModelVersionRef, str], BoundModelMetrics] = {}
-
-    def describe(self) -> ModelDescription:
-        return self._store.get(self.slot).champion.description
 
     def deployment(self) -> Deployment:
         return self._store.get(self.slot)

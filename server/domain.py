@@ -92,11 +92,15 @@ class Deployment:
     def shadow(self) -> bool:
         return self.split.shadow and self.challenger is not None
 
-    def versions(self) -> set[str]:
-        served = {self.champion.description.ref.version}
+    def variants(self) -> dict[str, LoadedModel]:
+        """Every model answering for the service, by variant name ("champion", "challenger")."""
+        served = {"champion": self.champion}
         if self.challenger is not None:
-            served.add(self.challenger.description.ref.version)
+            served["challenger"] = self.challenger
         return served
+
+    def versions(self) -> set[str]:
+        return {model.description.ref.version for model in self.variants().values()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,10 +68,7 @@ def split_tag(split: TrafficSplit) -> str:
 def _loaded_version(served: Deployment | None, version: str) -> LoadedModel | None:
     if served is None:
         return None
-    for model in (served.champion, served.challenger):
-        if model is not None and model.description.ref.version == version:
-            return model
-    return None
+    return next((model for model in served.variants().values() if model.description.ref.version == version), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from server.domain import Deployment, LoadedModel, ModelVersionRef
+from server.domain import Deployment, ModelVersionRef
 
 # Sub-millisecond resolution: a linear model answers in ~0.2 ms, a forest in several ms.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -111,8 +111,8 @@ class ModelMetrics:
         )
 
     def deployment_changed(self, service: str, old: Deployment | None, new: Deployment | None) -> None:
-        before = _variants(old)
-        after = _variants(new)
+        before = {} if old is None else old.variants()
+        after = {} if new is None else new.variants()
         for variant, model in before.items():
             ref = model.description.ref
             self.loaded.remove(service, ref.name, ref.version, ref.alias, ref.run_id, variant)
@@ -126,12 +126,3 @@ class ModelMetrics:
                 self.swaps.labels(service).inc()
         self.challenger_percent.labels(service).set(0.0 if new is None else new.challenger_percent)
         self.shadow_enabled.labels(service).set(1.0 if new is not None and new.shadow else 0.0)
-
-
-def _variants(deployment: Deployment | None) -> dict[str, LoadedModel]:
-    if deployment is None:
-        return {}
-    variants = {"champion": deployment.champion}
-    if deployment.challenger is not None:
-        variants["challenger"] = deployment.challenger
-    return variants
