@@ -70,6 +70,25 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory, offline_data_home
     return settings
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_process_uris() -> Iterator[None]:
+    """Undo what a test's training did to mlflow's process-wide URIs and their environment variables.
+
+    Training points them at its own registry (and mlflow exports them into ``os.environ``); left behind, they
+    would send a later test's registration to that registry, whichever test runs next in this worker.
+    """
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]  # None restores the default
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(trained_registry: TrainingSettings) -> Iterator[PredictionServer]:
     """One server over the trained registry, shared by the tests that only read from it."""
