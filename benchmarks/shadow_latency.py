@@ -8,11 +8,9 @@ throughput, and how many shadow copies the server dropped rather than waited for
 """
 
 import argparse
-import contextlib
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -21,11 +19,10 @@ from types import FrameType
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.harness import server_process, timed_calls, wait_serving
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
 
-PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
 FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2)
 
 
@@ -84,25 +81,6 @@ def serve(challenger_ms: float) -> None:
     server.stop(grace=1.0)
 
 
-def _round(stub: iris_pb2_grpc.IrisClassifierStub, seconds: float, concurrency: int) -> tuple[list[float], float]:
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    deadline = time.monotonic() + seconds
-
-    def caller(mine: list[float]) -> None:
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            stub.Classify(FLOWER, timeout=10)
-            mine.append(time.perf_counter() - started)
-
-    threads = [threading.Thread(target=caller, args=(each,)) for each in latencies]
-    began = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [value for each in latencies for value in each], time.monotonic() - began
-
-
 def _dropped(metrics_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -110,7 +88,7 @@ def _dropped(metrics_port: int) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def main() -> None:  # noqa: PLR0915 - one linear script
+def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.shadow_latency", description=__doc__)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--challenger-ms", type=float, default=20.0, help="extra time of each challenger call")
@@ -122,55 +100,33 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         serve(args.challenger_ms)
         return
     command = [sys.executable, "-m", "benchmarks.shadow_latency", "--serve", "--challenger-ms", str(args.challenger_ms)]
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        assert server.stderr is not None
-        ports = None
-        for line in server.stderr:
-            if found := PORTS.search(line):
-                ports = int(found.group(1)), int(found.group(2))
-                break
-        if ports is None:
-            raise SystemExit("the server did not start")
-        with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
-            stub = iris_pb2_grpc.IrisClassifierStub(channel)
-            admin = admin_pb2_grpc.ModelAdminStub(channel)
-            health = health_pb2_grpc.HealthStub(channel)
-            service = health_pb2.HealthCheckRequest(service="prediction.v1.IrisClassifier")
-            for _ in range(600):  # the port is printed before the models are loaded
-                if health.Check(service).status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-                time.sleep(0.05)
-            for _ in range(200):  # warm-up
-                stub.Classify(FLOWER)
-            figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
-            dropped = {False: 0.0, True: 0.0}
-            for number in range(args.rounds * 2):
-                shadow = number % 2 == 1
-                admin.SetTrafficSplit(admin_pb2.SetTrafficSplitRequest(model="iris", shadow=shadow))
-                while stub.GetModelInfo(model_pb2.GetModelInfoRequest()).shadow != shadow:
-                    time.sleep(0.01)
-                before = _dropped(ports[1])
-                latencies, wall = _round(stub, args.seconds, args.concurrency)
-                dropped[shadow] += _dropped(ports[1]) - before
-                q50, q99 = np.quantile(latencies, [0.5, 0.99]) * 1000
-                figures[shadow].append((float(q50), float(q99), len(latencies) / wall))
-        print(
-            f"iris Classify, {args.concurrency} in flight, challenger +{args.challenger_ms:g} ms, "
-            f"{args.rounds} rounds of {args.seconds:g} s each, medians of the rounds\n"
-        )
-        print("| shadow | p50 ms | p99 ms | req/s | shadow copies dropped |")
-        print("| --- | --- | --- | --- | --- |")
-        for shadow in (False, True):
-            p50, p99, rate = (statistics.median(column) for column in zip(*figures[shadow], strict=True))
-            print(f"| {'on' if shadow else 'off'} | {p50:.3f} | {p99:.3f} | {rate:,.0f} | {dropped[shadow]:,.0f} |")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=15)
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+    with server_process(command) as server, grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = iris_pb2_grpc.IrisClassifierStub(channel)
+        admin = admin_pb2_grpc.ModelAdminStub(channel)
+        wait_serving(channel, "prediction.v1.IrisClassifier")
+        for _ in range(200):  # warm-up
+            stub.Classify(FLOWER)
+        figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+        dropped = {False: 0.0, True: 0.0}
+        for number in range(args.rounds * 2):
+            shadow = number % 2 == 1
+            admin.SetTrafficSplit(admin_pb2.SetTrafficSplitRequest(model="iris", shadow=shadow))
+            while stub.GetModelInfo(model_pb2.GetModelInfoRequest()).shadow != shadow:
+                time.sleep(0.01)
+            before = _dropped(server.metrics_port)
+            latencies, wall = timed_calls(lambda: stub.Classify(FLOWER, timeout=10), args.seconds, args.concurrency)
+            dropped[shadow] += _dropped(server.metrics_port) - before
+            q50, q99 = np.quantile(latencies, [0.5, 0.99]) * 1000
+            figures[shadow].append((float(q50), float(q99), len(latencies) / wall))
+    print(
+        f"iris Classify, {args.concurrency} in flight, challenger +{args.challenger_ms:g} ms, "
+        f"{args.rounds} rounds of {args.seconds:g} s each, medians of the rounds\n"
+    )
+    print("| shadow | p50 ms | p99 ms | req/s | shadow copies dropped |")
+    print("| --- | --- | --- | --- | --- |")
+    for shadow in (False, True):
+        p50, p99, rate = (statistics.median(column) for column in zip(*figures[shadow], strict=True))
+        print(f"| {'on' if shadow else 'off'} | {p50:.3f} | {p99:.3f} | {rate:,.0f} | {dropped[shadow]:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
 """Shadow traffic: the challenger predicts on a copy of the champion's traffic, off the request path.
 
-The request thread only offers a copy (non-blocking, to a bounded queue); one worker thread predicts with the
-challenger through the same runner as requests, and records its latency and its disagreement with the
-champion. When the queue is full the copy is dropped and counted, never waited for. Its answers are never
-returned to anyone.
+The request thread only offers a copy: one append to a bounded deque, with no lock and no wake-up. One worker
+thread wakes every ``interval_seconds``, takes everything queued, stacks the copies of each challenger into one
+matrix (up to ``batch_rows`` rows) and predicts them with one call through the same runner as requests; then it
+records the challenger's time and its disagreement with the champion, row by row. When the queue is full a copy
+is dropped and counted, never waited for. Its answers are never returned to anyone.
+
+Why batches on a timer rather than a queue the worker blocks on: a ``queue.Queue`` put wakes the worker for every
+request, and each wake-up is a thread switch and a hand-over of the GIL that the request threads pay for (the
+champion's single-row p50 rose about 10% with a worker predicting per copy); one call for many rows also costs
+scikit-learn far less than one call per row. A copy waits at most one interval, which only delays a metric.
 
 Metrics (labels ``model``, ``version``: the challenger's, ``variant``: "challenger"):
 
-- ``model_shadow_duration_seconds``: the challenger's prediction time per request;
+- ``model_shadow_duration_seconds``: the challenger's time per shadow batch (one call for the copies taken
+  together); ``model_shadow_rows_total``: rows it predicted;
 - regression: ``model_shadow_absolute_difference`` and ``model_shadow_relative_difference`` per row
   (|challenger - champion|, and that divided by |champion|);
 - classification: ``model_shadow_agreement_total{agreed="true"|"false"}`` per row, and
@@ -15,11 +22,10 @@ Metrics (labels ``model``, ``version``: the challenger's, ``variant``: "challeng
 - ``model_shadow_dropped_total{model}``: copies not taken (queue full) or that failed.
 """
 
-import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,16 +57,23 @@ class ShadowRunner:
         class_names: Mapping[str, Sequence[str]],
         registry: CollectorRegistry,
         queue_size: int = 1000,
+        *,
+        interval_seconds: float = 0.05,
+        batch_rows: int = 1000,
     ) -> None:
         """``runners`` and ``class_names`` by service key; a service with class names is a classifier."""
         self._runners = runners
         self._class_names = class_names
-        self._queue: queue.Queue[ShadowCopy | None] = queue.Queue(maxsize=queue_size)
+        self._queue_size = queue_size
+        self._interval = interval_seconds
+        self._batch_rows = batch_rows
+        self._pending: deque[ShadowCopy] = deque()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         labels = ["model", "version", "variant"]
         self.duration = Histogram(
             "model_shadow_duration_seconds",
-            "Time the challenger took to predict a shadowed request, in seconds.",
+            "Time the challenger took to predict one shadow batch (the copies taken together), in seconds.",
             labels,
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -91,6 +104,9 @@ class ShadowRunner:
             [*labels, "champion_class", "challenger_class"],
             registry=registry,
         )
+        self.rows = Counter(
+            "model_shadow_rows_total", "Rows the challenger predicted on copies of traffic.", labels, registry=registry
+        )
         self.dropped = Counter(
             "model_shadow_dropped_total",
             "Shadow copies not predicted: the queue was full, or the challenger failed.",
@@ -100,11 +116,11 @@ class ShadowRunner:
 
     def offer(self, copy: ShadowCopy) -> bool:
         """Hand a copy over without waiting; False (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait(copy)
-        except queue.Full:
+        # len() and append() of a deque are atomic: the bound may be passed by a copy or two under a race.
+        if len(self._pending) >= self._queue_size:
             self.dropped.labels(copy.challenger.description.ref.name).inc()
             return False
+        self._pending.append(copy)
         return True
 
     def start(self) -> None:
@@ -112,36 +128,61 @@ class ShadowRunner:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Predict what is still queued (for up to ``timeout``), then end the worker."""
         if self._thread is None:
             return
-        with contextlib.suppress(queue.Full):  # a worker this busy is joined below all the same
-            self._queue.put(None, timeout=timeout)
+        self._stopping.set()
         self._thread.join(timeout)
 
     def _work(self) -> None:
-        while (copy := self._queue.get()) is not None:
-            try:
-                self._shadow(copy)
-            except Exception:
-                logger.exception("shadow prediction of %s failed", copy.challenger.description.model_uri)
-                self.dropped.labels(copy.challenger.description.ref.name).inc()
+        while True:
+            stopping = self._stopping.wait(self._interval)
+            while self._pending:
+                self._predict_pending()
+            if stopping:
+                return
 
-    def _shadow(self, copy: ShadowCopy) -> None:
-        ref = copy.challenger.description.ref
+    def _predict_pending(self) -> None:
+        """Take up to ``batch_rows`` queued rows and predict them, grouped by challenger version."""
+        groups: dict[int, list[ShadowCopy]] = {}
+        rows = 0
+        while rows < self._batch_rows:
+            try:
+                copy = self._pending.popleft()
+            except IndexError:
+                break
+            groups.setdefault(id(copy.challenger), []).append(copy)
+            rows += len(copy.values)
+        for copies in groups.values():
+            try:
+                self._shadow(copies)
+            except Exception:
+                challenger = copies[0].challenger
+                logger.exception("shadow prediction of %s failed", challenger.description.model_uri)
+                self.dropped.labels(challenger.description.ref.name).inc(len(copies))
+
+    def _shadow(self, copies: list[ShadowCopy]) -> None:
+        first = copies[0]
+        ref = first.challenger.description.ref
         labels = (ref.name, ref.version, CHALLENGER)
+        values = first.values if len(copies) == 1 else np.concatenate([copy.values for copy in copies])
+        champion = (
+            first.champion_output if len(copies) == 1 else np.concatenate([copy.champion_output for copy in copies])
+        )
         started = time.perf_counter()
-        output = self._runners[copy.service].predict(copy.challenger, copy.values)
+        output = self._runners[first.service].predict(first.challenger, values)
         self.duration.labels(*labels).observe(time.perf_counter() - started)
-        names = self._class_names.get(copy.service)
+        self.rows.labels(*labels).inc(len(values))
+        names = self._class_names.get(first.service)
         if not names:
-            difference = np.abs(output - copy.champion_output)
-            relative = difference / np.maximum(np.abs(copy.champion_output), np.finfo(np.float64).tiny)
+            difference = np.abs(output - champion)
+            relative = difference / np.maximum(np.abs(champion), np.finfo(np.float64).tiny)
             absolute_child, relative_child = self.absolute.labels(*labels), self.relative.labels(*labels)
             for value, ratio in zip(difference.tolist(), relative.tolist(), strict=True):
                 absolute_child.observe(value)
                 relative_child.observe(ratio)
             return
-        champion_classes = np.argmax(copy.champion_output, axis=1).tolist()
+        champion_classes = np.argmax(champion, axis=1).tolist()
         challenger_classes = np.argmax(output, axis=1).tolist()
         for champion_class, challenger_class in zip(champion_classes, challenger_classes, strict=True):
             agreed = champion_class == challenger_class

@@ -2,8 +2,11 @@
 
 import re
 import signal
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import grpc
@@ -204,3 +207,55 @@ def _code_of(call: "grpc.Future[housing_pb2.HousingBatchPrediction]") -> grpc.St
     except grpc.RpcError as error:
         return error.code()
     return grpc.StatusCode.OK
+
+
+def _serving_port(process: Process) -> int:
+    port = int(process.wait_for(PORTS).group(1))
+    process.wait_for(re.compile(r"housing serving CaliforniaHousingBestModel version 1"))
+    return port
+
+
+def test_two_server_processes_never_hand_out_the_same_prediction_id(trained_registry, tmp_path, large_batch):
+    """100,000 predictions from two ``python -m server`` processes at once: every id unique, each log whole."""
+    calls_per_server, rows = 50, 1000
+    batch = housing_pb2.HousingBatchRequest(instances=large_batch.instances[:rows])
+
+    def environment(name: str) -> dict[str, str]:
+        return {
+            "MLFLOW_TRACKING_URI": trained_registry.mlflow_tracking_uri,
+            "PREDICTOR_HOST": "127.0.0.1",
+            "PREDICTOR_PORT": "0",
+            "PREDICTOR_METRICS_PORT": "0",
+            "PREDICTOR_STATE_DIR": str(tmp_path / name / "state"),
+            "PREDICTOR_PREDICTION_LOG_PATH": str(tmp_path / name / "predictions.db"),
+            "PREDICTOR_ACCESS_LOG": "false",
+        }
+
+    ids: dict[str, list[str]] = {"a": [], "b": []}
+    with started("server", environment("a")) as first, started("server", environment("b")) as second:
+        ports = {"a": _serving_port(first), "b": _serving_port(second)}
+
+        def predict(name: str) -> None:
+            with grpc.insecure_channel(f"127.0.0.1:{ports[name]}") as channel:
+                stub = housing_pb2_grpc.HousingPredictorStub(channel)
+                for _ in range(calls_per_server):
+                    answer = stub.PredictBatch(batch, timeout=30)
+                    ids[name].extend(each.prediction_id for each in answer.predictions)
+
+        callers = [threading.Thread(target=predict, args=(name,)) for name in ids]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=120)
+        for process in (first, second):
+            process.process.send_signal(signal.SIGTERM)
+            assert process.process.wait(timeout=15) == 0
+
+    every = ids["a"] + ids["b"]
+    assert len(every) == 2 * calls_per_server * rows
+    assert len(set(every)) == len(every), "two processes handed out the same id"
+    for name, made in ids.items():
+        assert made == sorted(made), f"server {name}: ids are not increasing"  # UUIDv7 text sorts by time
+        with closing(sqlite3.connect(tmp_path / name / "predictions.db")) as log:
+            logged = {row[0] for row in log.execute("SELECT prediction_id FROM predictions")}
+        assert logged == set(made)

@@ -1,0 +1,78 @@
+"""What the latency benchmarks share: a server in a child process, health waits, timed rounds of calls."""
+
+import contextlib
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    process: subprocess.Popen[str]
+    grpc_port: int
+    metrics_port: int
+
+
+@contextmanager
+def server_process(command: Sequence[str]) -> Iterator[ServerProcess]:
+    """Start ``command`` (a server that logs its ports, as ``server.app`` does), yield it, stop it with SIGTERM."""
+    process = subprocess.Popen(list(command), stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        ports = None
+        for line in process.stderr:
+            if found := PORTS.search(line):
+                ports = int(found.group(1)), int(found.group(2))
+                break
+        if ports is None:
+            raise SystemExit(f"the server did not start: {' '.join(command)}")
+        # Keep reading its output, so that a chatty server never blocks on a full pipe.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        yield ServerProcess(process, *ports)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_serving(channel: grpc.Channel, service: str, timeout: float = 120.0) -> None:
+    """Until ``service`` reports SERVING (the ports are logged before the models are loaded)."""
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while health.Check(health_pb2.HealthCheckRequest(service=service)).status != health_pb2.HealthCheckResponse.SERVING:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{service} did not start serving within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def timed_calls(call: Callable[[], object], seconds: float, concurrency: int) -> tuple[list[float], float]:
+    """Run ``call`` back to back from ``concurrency`` threads for ``seconds``: every latency, and the wall time."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    deadline = time.monotonic() + seconds
+
+    def caller(mine: list[float]) -> None:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            call()
+            mine.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=caller, args=(each,)) for each in latencies]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [value for each in latencies for value in each], time.monotonic() - began
