@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/prediction/v1/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow
+.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models
 
 NODE_CLIENT := tests/server/node_client
 
@@ -104,6 +104,14 @@ bench-retrain: install
 # The champion's latency with shadow traffic off and on, against a challenger 20 ms slower per call.
 bench-shadow: install
 	$(BIN)/python -m benchmarks.shadow_latency
+
+# Held-out RMSE and single-row cost of the housing model and the candidates it was chosen from (about 2 minutes).
+bench-models: install
+	$(BIN)/python -m benchmarks.housing_models --rounds 3
+
+# Single-row housing latency with drift measurement on and off, two servers side by side (about 2 minutes).
+bench-drift: install
+	$(BIN)/python -m benchmarks.drift_overhead
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -60,6 +60,8 @@ class LoadedArtifact:
     estimator: Any
     input_names: tuple[str, ...] | None
     """Column names of the logged input signature, in order; None when the version has no signature."""
+    reference_profile: Mapping[str, Any] | None = None
+    """The training run's reference profile document (``data.profile``); None when the run logged none."""
 
 
 class ModelRegistry(Protocol):

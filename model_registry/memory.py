@@ -23,6 +23,7 @@ class _Version:
     estimator: Any
     input_names: tuple[str, ...] | None
     loadable: bool = True
+    reference_profile: dict[str, Any] | None = None
 
 
 @dataclass
@@ -52,6 +53,7 @@ class InMemoryRegistry:
         run_id: str = "",
         loadable: bool = True,
         version: str | None = None,
+        reference_profile: dict[str, Any] | None = None,
     ) -> str:
         """Add a new version (numbered after the last, unless ``version`` says) and optionally point ``alias`` at
         it; returns its number."""
@@ -66,7 +68,7 @@ class InMemoryRegistry:
                 tags=dict(tags or {}),
                 metrics=dict(metrics or {}),
             )
-            model.versions[number] = _Version(info, estimator, input_names, loadable)
+            model.versions[number] = _Version(info, estimator, input_names, loadable, reference_profile)
             if alias is not None:
                 model.aliases[alias] = number
             return number
@@ -117,7 +119,9 @@ class InMemoryRegistry:
             entry = self._version(name, version)
             if not entry.loadable:
                 raise ArtifactError(f"the artifacts of {name} v{version} cannot be loaded: they are missing")
-            return LoadedArtifact(self._described(model, entry), entry.estimator, entry.input_names)
+            return LoadedArtifact(
+                self._described(model, entry), entry.estimator, entry.input_names, entry.reference_profile
+            )
 
     def set_alias(self, name: str, alias: str, version: str, *, expected: str | None) -> None:
         with self._lock:

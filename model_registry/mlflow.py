@@ -5,6 +5,7 @@ whatever sqlalchemy or requests raised; ``_translate`` is the one place that tur
 errors, so "the registry is down" is never mistaken for "no version has this alias".
 """
 
+import json
 import logging
 import tempfile
 import threading
@@ -12,8 +13,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
+from data.profile import PROFILE_ARTIFACT
 from model_registry.base import (
     AliasConflictError,
     AliasNotFoundError,
@@ -108,6 +111,7 @@ class MlflowRegistry:
                 )
                 signature = Model.load(local).signature
                 estimator = mlflow.sklearn.load_model(local)
+                profile = self._reference_profile(info, scratch)
             except Exception as exc:
                 if _is_connection_error(exc):
                     raise RegistryUnavailableError(f"the model registry is unreachable while loading {where}") from exc
@@ -116,7 +120,30 @@ class MlflowRegistry:
         input_names = None
         if signature is not None and signature.inputs is not None:
             input_names = tuple(str(column) for column in signature.inputs.input_names())
-        return LoadedArtifact(info=info, estimator=estimator, input_names=input_names)
+        return LoadedArtifact(info=info, estimator=estimator, input_names=input_names, reference_profile=profile)
+
+    def _reference_profile(self, info: VersionInfo, scratch: str) -> dict[str, Any] | None:
+        """The run's profile document, or None when the run logged none (a version registered by hand)."""
+        if not info.run_id:
+            return None
+        client = self._mlflow()
+        try:
+            names = {entry.path for entry in client.list_artifacts(info.run_id)}
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise
+            return None  # the run is gone: the version still serves, without a profile
+        if PROFILE_ARTIFACT not in names:
+            return None
+        destination = Path(scratch) / "profile"
+        destination.mkdir()
+        path = client.download_artifacts(info.run_id, PROFILE_ARTIFACT, str(destination))
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError:
+            logger.warning("%s v%s: its reference profile is not JSON; served without one", info.name, info.version)
+            return None
+        return document if isinstance(document, dict) else None
 
     def set_alias(self, name: str, alias: str, version: str, *, expected: str | None) -> None:
         client = self._mlflow()

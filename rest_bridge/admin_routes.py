@@ -1,5 +1,5 @@
 """The admin endpoints, in front of ``prediction.v1.ModelAdmin``: retrain, operations, versions, aliases, rollback,
-traffic split, logged predictions.
+traffic split, logged predictions, drift, feedback, live quality, automated retraining.
 
 Like every route they convert, call and convert back. The client's ``Authorization`` header goes to the server
 as ``authorization`` metadata and nowhere else (no log line, no error body); the bridge does not check it, the
@@ -52,6 +52,13 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
         "names another version. Read it again and retry.",
     }
 }
+
+
+def feature_off(what: str) -> dict[int | str, dict[str, Any]]:
+    """The 400 of a route whose server part can be switched off (FAILED_PRECONDITION, like a rollback's 400)."""
+    return {400: {**_ERROR, "description": f"{what} (FAILED_PRECONDITION)."}}
+
+
 TAGS: list[str | Enum] = ["admin"]
 DEPENDENCIES = [Depends(ADMIN_TOKEN)]
 
@@ -209,3 +216,71 @@ def add_admin_routes(app: FastAPI, upstream: Upstream) -> None:
             admin_pb2.GetPredictionRequest(prediction_id=prediction_id), _context(request)
         )
         return converters.logged_prediction_from_proto(reply)
+
+    @app.get(
+        "/drift/{model}",
+        summary="Data drift of every version a model serves",
+        description="For each version served (champion, then challenger), the population stability index (PSI) of "
+        "every feature and output over its window of live rows, against the profile of its training rows; a column "
+        'drifted when its PSI is above threshold. A version\'s status says whether its figures mean anything: "ok", '
+        '"insufficient_data" (fewer live rows than min_rows so far: no PSI yet) or "no_reference_profile" (registered '
+        "without a training profile). 400 (FAILED_PRECONDITION) when drift measurement is off on the server.",
+        responses={**ADMIN_ERROR_RESPONSES, **feature_off("Drift measurement is off on this server")},
+        tags=TAGS,
+        dependencies=DEPENDENCIES,
+    )
+    async def get_drift_report(model: ModelPath, request: Request) -> schemas.DriftReport:
+        reply = await upstream.get_drift_report(admin_pb2.GetDriftReportRequest(model=model), _context(request))
+        return converters.drift_report_from_proto(reply)
+
+    @app.post(
+        "/feedback",
+        summary="Send the true labels of logged predictions",
+        description="Ground truth for predictions by their prediction_id: a value for a housing prediction, a species "
+        f"for an iris one; 1 to {schemas.MAX_FEEDBACK_ITEMS} items per call. The call as a whole succeeds (200) and "
+        "every item gets its own result, in the request's order: status is the gRPC code of its outcome and "
+        'http_status what the bridge answers that code with elsewhere ("OK" 200: recorded, or the same label again, '
+        'which changes nothing; "INVALID_ARGUMENT" 422: the label does not fit the prediction; "NOT_FOUND" 404: no '
+        'logged prediction has this id; "ALREADY_EXISTS" 409: it already has a different label, which is kept). '
+        "Labels feed GET /quality/{model} and the quality trigger of automated retraining. 400 "
+        "(FAILED_PRECONDITION) when the server keeps no prediction log.",
+        responses={**ADMIN_ERROR_RESPONSES, **feature_off("The server keeps no prediction log, so takes no feedback")},
+        tags=TAGS,
+        dependencies=DEPENDENCIES,
+    )
+    async def submit_feedback(body: schemas.SubmitFeedbackRequest, request: Request) -> schemas.SubmitFeedbackResponse:
+        reply = await upstream.submit_feedback(converters.feedback_to_proto(body), _context(request))
+        return converters.feedback_from_proto(reply)
+
+    @app.get(
+        "/quality/{model}",
+        summary="Live quality of every version a model serves, beside its training metrics",
+        description="For each version served, its quality on the labels received through POST /feedback (housing: "
+        "rmse, mae; iris: accuracy and the recall of each species, with the labels counted by the confidence of "
+        "their prediction) over the window of the newest window_labels labels (of the last window_seconds, when "
+        "that is set), beside the held-out metrics of its training run. 400 (FAILED_PRECONDITION) when the server "
+        "keeps no prediction log.",
+        responses={**ADMIN_ERROR_RESPONSES, **feature_off("The server keeps no prediction log, so has no labels")},
+        tags=TAGS,
+        dependencies=DEPENDENCIES,
+    )
+    async def get_model_quality(model: ModelPath, request: Request) -> schemas.ModelQuality:
+        reply = await upstream.get_model_quality(admin_pb2.GetModelQualityRequest(model=model), _context(request))
+        return converters.quality_from_proto(reply)
+
+    @app.put(
+        "/models/{model}/auto-retrain",
+        summary="Switch a model's automated retraining off, or back on",
+        description="enabled false pauses every automated trigger of the model (quality, drift, schedule: the "
+        "answer lists those the server has configured); manual retrains through POST /retrain still work. Kept in "
+        "the registry, so restarts and other replicas follow. 400 (FAILED_PRECONDITION) when the server has no "
+        "automated trigger configured.",
+        responses={**ADMIN_ERROR_RESPONSES, **feature_off("The server has no automated retrain trigger configured")},
+        tags=TAGS,
+        dependencies=DEPENDENCIES,
+    )
+    async def set_auto_retrain(
+        model: ModelPath, body: schemas.SetAutoRetrainBody, request: Request
+    ) -> schemas.AutoRetrain:
+        reply = await upstream.set_auto_retrain(converters.set_auto_retrain_to_proto(model, body), _context(request))
+        return converters.auto_retrain_from_proto(reply)

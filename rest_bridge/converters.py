@@ -1,7 +1,9 @@
 """Pure functions between the REST models (``rest_bridge.schemas``) and the protobuf messages.
 
 Field names are identical on both sides, so requests go through ``model_dump()`` into the message
-constructors; responses are read field by field, which is both explicit and the fastest path.
+constructors; responses are read field by field, which is both explicit and the fastest path. The exceptions are
+the enums (names on one side, numbers on the other) and ``FeedbackResult.code``, which becomes its code's name and
+the HTTP status ``rest_bridge.errors`` gives that code.
 """
 
 from collections.abc import Mapping
@@ -9,11 +11,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
 
+import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.prediction.v1 import admin_pb2, housing_pb2, iris_pb2, model_pb2
 from rest_bridge import schemas
+from rest_bridge.errors import http_status_for
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -37,6 +41,25 @@ DECISION_TO_PROTO: Mapping[schemas.GateDecision, int] = {
     schemas.GateDecision.REJECTED: admin_pb2.GATE_DECISION_REJECTED,
 }
 DECISION_FROM_PROTO: Mapping[int, schemas.GateDecision] = {value: each for each, value in DECISION_TO_PROTO.items()}
+# DRIFT_STATUS_UNSPECIFIED is never sent.
+DRIFT_STATUS_TO_PROTO: Mapping[schemas.DriftStatus, int] = {
+    schemas.DriftStatus.OK: admin_pb2.DRIFT_STATUS_OK,
+    schemas.DriftStatus.INSUFFICIENT_DATA: admin_pb2.DRIFT_STATUS_INSUFFICIENT_DATA,
+    schemas.DriftStatus.NO_REFERENCE_PROFILE: admin_pb2.DRIFT_STATUS_NO_REFERENCE_PROFILE,
+}
+DRIFT_STATUS_FROM_PROTO: Mapping[int, schemas.DriftStatus] = {
+    value: status for status, value in DRIFT_STATUS_TO_PROTO.items()
+}
+# FeedbackCode's numbers are gRPC's status codes, and FEEDBACK_CODE_OK (0) is a real outcome, not "unset".
+FEEDBACK_CODE_TO_PROTO: Mapping[schemas.FeedbackCode, int] = {
+    schemas.FeedbackCode.OK: admin_pb2.FEEDBACK_CODE_OK,
+    schemas.FeedbackCode.INVALID_ARGUMENT: admin_pb2.FEEDBACK_CODE_INVALID_ARGUMENT,
+    schemas.FeedbackCode.NOT_FOUND: admin_pb2.FEEDBACK_CODE_NOT_FOUND,
+    schemas.FeedbackCode.ALREADY_EXISTS: admin_pb2.FEEDBACK_CODE_ALREADY_EXISTS,
+}
+FEEDBACK_CODE_FROM_PROTO: Mapping[int, schemas.FeedbackCode] = {
+    value: code for code, value in FEEDBACK_CODE_TO_PROTO.items()
+}
 
 
 class UnexpectedResponseError(ValueError):
@@ -111,6 +134,14 @@ def decision_from_proto(value: int) -> schemas.GateDecision | None:
     if value == admin_pb2.GATE_DECISION_UNSPECIFIED:
         return None
     return _enum_from_proto(DECISION_FROM_PROTO, value, "GateDecision")
+
+
+def drift_status_from_proto(value: int) -> schemas.DriftStatus:
+    return _enum_from_proto(DRIFT_STATUS_FROM_PROTO, value, "DriftStatus")
+
+
+def feedback_code_from_proto(value: int) -> schemas.FeedbackCode:
+    return _enum_from_proto(FEEDBACK_CODE_FROM_PROTO, value, "FeedbackCode")
 
 
 def _moment(timestamp: Timestamp) -> datetime:
@@ -220,6 +251,7 @@ def operation_from_proto(message: admin_pb2.Operation) -> schemas.Operation:
         decision=decision_from_proto(message.decision),
         decision_reason=message.decision_reason,
         failure_reason=message.failure_reason,
+        trigger_reason=message.trigger_reason,
     )
 
 
@@ -274,3 +306,92 @@ def logged_prediction_from_proto(message: admin_pb2.LoggedPrediction) -> schemas
         request_id=message.request_id,
         routing_key=message.routing_key,
     )
+
+
+def _column_drift(message: admin_pb2.ColumnDrift) -> schemas.ColumnDrift:
+    return schemas.ColumnDrift(name=message.name, psi=message.psi, drifted=message.drifted)
+
+
+def version_drift_from_proto(message: admin_pb2.VersionDrift) -> schemas.VersionDrift:
+    return schemas.VersionDrift(
+        version=message.version,
+        variant=message.variant,
+        status=drift_status_from_proto(message.status),
+        window_rows=message.window_rows,
+        window_capacity=message.window_capacity,
+        oldest_at=_moment_if_set(message, "oldest_at"),
+        newest_at=_moment_if_set(message, "newest_at"),
+        features=[_column_drift(each) for each in message.features],
+        outputs=[_column_drift(each) for each in message.outputs],
+        drifted=message.drifted,
+    )
+
+
+def drift_report_from_proto(message: admin_pb2.DriftReport) -> schemas.DriftReport:
+    return schemas.DriftReport(
+        name=message.name,
+        threshold=message.threshold,
+        min_rows=message.min_rows,
+        versions=[version_drift_from_proto(each) for each in message.versions],
+    )
+
+
+def feedback_item_to_proto(item: schemas.FeedbackItem) -> admin_pb2.FeedbackItem:
+    # exclude_none: the one label given is set, which selects the oneof's member of the same name.
+    fields = item.model_dump(exclude_none=True)
+    if item.species is not None:
+        fields["species"] = SPECIES_TO_PROTO[item.species]
+    return admin_pb2.FeedbackItem(**fields)
+
+
+def feedback_to_proto(body: schemas.SubmitFeedbackRequest) -> admin_pb2.SubmitFeedbackRequest:
+    return admin_pb2.SubmitFeedbackRequest(items=[feedback_item_to_proto(each) for each in body.items])
+
+
+def feedback_result_from_proto(message: admin_pb2.FeedbackResult) -> schemas.FeedbackResult:
+    code = feedback_code_from_proto(message.code)
+    return schemas.FeedbackResult(
+        prediction_id=message.prediction_id,
+        status=code,
+        # The code's name is the gRPC status code's: the item gets the HTTP status an error of that code gets.
+        http_status=http_status_for(grpc.StatusCode[code.value]),
+        recorded=message.recorded,
+        message=message.message,
+    )
+
+
+def feedback_from_proto(message: admin_pb2.SubmitFeedbackResponse) -> schemas.SubmitFeedbackResponse:
+    return schemas.SubmitFeedbackResponse(results=[feedback_result_from_proto(each) for each in message.results])
+
+
+def variant_quality_from_proto(message: admin_pb2.VariantQuality) -> schemas.VariantQuality:
+    return schemas.VariantQuality(
+        version=message.version,
+        variant=message.variant,
+        labels=message.labels,
+        oldest_at=_moment_if_set(message, "oldest_at"),
+        newest_at=_moment_if_set(message, "newest_at"),
+        live=dict(message.live),
+        training=dict(message.training),
+        confidence=[
+            schemas.ConfidenceBucket(upper_bound=each.upper_bound, cumulative_count=each.cumulative_count)
+            for each in message.confidence
+        ],
+    )
+
+
+def quality_from_proto(message: admin_pb2.ModelQuality) -> schemas.ModelQuality:
+    return schemas.ModelQuality(
+        name=message.name,
+        window_labels=message.window_labels,
+        window_seconds=message.window_seconds,
+        variants=[variant_quality_from_proto(each) for each in message.variants],
+    )
+
+
+def set_auto_retrain_to_proto(model: str, body: schemas.SetAutoRetrainBody) -> admin_pb2.SetAutoRetrainRequest:
+    return admin_pb2.SetAutoRetrainRequest(model=model, **body.model_dump())
+
+
+def auto_retrain_from_proto(message: admin_pb2.AutoRetrain) -> schemas.AutoRetrain:
+    return schemas.AutoRetrain(name=message.name, enabled=message.enabled, triggers=list(message.triggers))

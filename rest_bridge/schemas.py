@@ -14,6 +14,11 @@ Differences from the protobuf messages, all deliberate:
 - ``google.protobuf.Timestamp`` is an RFC 3339 date-time string.
 - A field the server may leave unset (a proto3 ``optional`` scalar, a message that is absent, the enum
   ``GateDecision`` before the gate decided) is ``null``; every other field is always written.
+- ``FeedbackResult.code`` is two fields: ``status``, the name of its gRPC code (``FEEDBACK_CODE_NOT_FOUND`` ->
+  ``"NOT_FOUND"``, as an error body's ``code``), and ``http_status``, the HTTP status of that code in the one
+  status table (``rest_bridge.errors``), so a client reads each item as it would read an error.
+- A ``FeedbackItem`` carries exactly one label, ``value`` or ``species`` (the proto ``oneof``): absent means unset,
+  ``null`` is refused like any other wrong type.
 - The admin requests take their names from the URL path (``/models/{model}/aliases/{alias}``) and the rest
   from the body; every name is a short safe string (``NAME_PATTERN`` and friends), so the server never has to
   make sense of control characters or megabyte-long keys. Whether a name exists is the server's answer.
@@ -23,7 +28,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
@@ -400,7 +405,10 @@ class Operation(BaseModel):
     state: OperationState
     hyperparameters: dict[str, float] = Field(description="The validated overrides; empty for the defaults.")
     max_rows: int | None = Field(ge=0, description="The row limit asked for; null for every row.")
-    trigger: str = Field(description='Why it started: "manual" for a retrain asked for through this API.')
+    trigger: str = Field(
+        description='Why it started: "manual" for a retrain asked for through this API; "quality", "drift" or '
+        '"schedule" for an automated trigger (PUT /models/{model}/auto-retrain switches those off).'
+    )
     created_at: datetime = Field(description="When the server accepted the request (UTC).")
     started_at: datetime | None = Field(description="When training started; null while queued.")
     finished_at: datetime | None = Field(description="When it finished; null until then.")
@@ -417,6 +425,10 @@ class Operation(BaseModel):
     )
     decision_reason: str = Field(description="Why the gate decided so.")
     failure_reason: str = Field(description="Why it failed: the error and the last lines of the training output.")
+    trigger_reason: str = Field(
+        description='What an automated trigger saw when it fired (e.g. the live and the training rmse); "" for a '
+        "manual retrain."
+    )
 
 
 class ListOperationsQuery(BaseModel):
@@ -569,3 +581,232 @@ class LoggedPrediction(BaseModel):
     latency_ms: float = Field(description="Validation and prediction time of the request the row belonged to.")
     request_id: str = Field(description="The X-Request-ID of the request that made the prediction.")
     routing_key: str = Field(description='The caller\'s X-Routing-Key, "" when none was sent.')
+
+
+class DriftStatus(StrEnum):
+    """Whether a version's drift figures mean anything (the proto enum ``DriftStatus`` without its prefix, lower
+    case)."""
+
+    OK = "ok"
+    INSUFFICIENT_DATA = "insufficient_data"
+    NO_REFERENCE_PROFILE = "no_reference_profile"
+
+
+class ColumnDrift(BaseModel):
+    """The drift of one feature or output of a version."""
+
+    name: str = Field(
+        description='Feature name (e.g. "median_income") or output name ("median_house_value", or a species\' '
+        "probability)."
+    )
+    psi: float = Field(
+        description="Population stability index of the live rows against the training rows; 0 while the status is "
+        "not ok."
+    )
+    drifted: bool = Field(description="Whether psi is above the report's threshold.")
+
+
+class VersionDrift(BaseModel):
+    """The drift of one version the model serves, over its window of live rows."""
+
+    version: str = Field(description='The registry version, e.g. "2".')
+    variant: str = Field(description='"champion" or "challenger".')
+    status: DriftStatus = Field(
+        description='"ok": enough live rows and a reference profile, the figures are meaningful; '
+        '"insufficient_data": fewer live rows in the window than min_rows, no PSI yet; "no_reference_profile": the '
+        "version was registered without a profile of its training rows, drift cannot be measured."
+    )
+    window_rows: int = Field(ge=0, description="Live rows in the window.")
+    window_capacity: int = Field(ge=0, description="The most rows the window holds (the newest rows are kept).")
+    oldest_at: datetime | None = Field(description="When the oldest row of the window arrived (UTC); null while empty.")
+    newest_at: datetime | None = Field(description="When the newest row of the window arrived (UTC); null while empty.")
+    features: list[ColumnDrift] = Field(description="The drift of each input feature.")
+    outputs: list[ColumnDrift] = Field(description="The drift of each output of the model.")
+    drifted: bool = Field(description="Whether any feature or output drifted.")
+
+
+class DriftReport(BaseModel):
+    """Answer to GET /drift/{model}: the data drift of every version the model serves."""
+
+    name: str = Field(description="The registered model name.")
+    threshold: float = Field(description="A column drifted when its PSI is above this (0.2 by default).")
+    min_rows: int = Field(ge=0, description="Live rows a window needs before its PSI is computed.")
+    versions: list[VersionDrift] = Field(description="One per version served (champion, then challenger).")
+
+
+MAX_FEEDBACK_ITEMS = 1000
+# The proto oneof `label`: a FeedbackItem carries exactly one of these.
+FEEDBACK_LABELS = ("value", "species")
+
+
+def _exactly_one_label(schema: JsonDict) -> None:
+    # pydantic writes each label as "number or null, default null"; the bridge takes a label only as its own type,
+    # and exactly one of them, which is what a client must send.
+    properties = schema["properties"]
+    assert isinstance(properties, dict)
+    for name in FEEDBACK_LABELS:
+        label = properties[name]
+        assert isinstance(label, dict)
+        label.pop("default", None)
+        options = label.pop("anyOf")
+        assert isinstance(options, list)
+        (kind,) = [each for each in options if each != {"type": "null"}]
+        assert isinstance(kind, dict)
+        label.update(kind)
+    schema["oneOf"] = [{"required": [name]} for name in FEEDBACK_LABELS]
+
+
+class FeedbackItem(BaseModel):
+    """The true label of one logged prediction: exactly one of value (housing) and species (iris)."""
+
+    model_config = ConfigDict(**_REQUEST, json_schema_extra=_exactly_one_label)
+
+    prediction_id: str = Field(
+        pattern=PREDICTION_ID_PATTERN,
+        description="The prediction's id (a UUID), as the prediction answer's prediction_id gave it.",
+        examples=["0192f0c4-7b1e-7c3a-9d2e-4f5a6b7c8d9e"],
+    )
+    value: FiniteNumber | None = Field(
+        None,
+        description="The true median house value of a housing prediction, in units of $100,000 (2.07 = $207,000).",
+        examples=[2.07],
+    )
+    species: IrisSpecies | None = Field(None, description="The true species of an iris prediction.")
+
+    @field_validator(*FEEDBACK_LABELS, mode="before")
+    @classmethod
+    def _not_null(cls, label: object) -> object:
+        # An absent label is unset; a null one would read as unset too and hide a client's bug.
+        if label is None:
+            raise PydanticCustomError("label_null", "Input should not be null: leave the other label out instead")
+        return label
+
+    @model_validator(mode="after")
+    def _one_label(self) -> "FeedbackItem":
+        if (self.value is None) == (self.species is None):
+            raise PydanticCustomError(
+                "feedback_label", "Exactly one of value (housing) or species (iris) should be set"
+            )
+        return self
+
+
+class SubmitFeedbackRequest(BaseModel):
+    """Body of POST /feedback: the true labels of logged predictions, one or many."""
+
+    model_config = ConfigDict(
+        **_REQUEST,
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"prediction_id": "0192f0c4-7b1e-7c3a-9d2e-4f5a6b7c8d9e", "value": 2.07},
+                        {"prediction_id": "0192f0c4-7b1f-7c3a-9d2e-4f5a6b7c8d9f", "species": "setosa"},
+                    ]
+                }
+            ]
+        },
+    )
+
+    items: list[FeedbackItem] = Field(
+        min_length=1,
+        max_length=MAX_FEEDBACK_ITEMS,
+        description=f"1 to {MAX_FEEDBACK_ITEMS} labels, each of its own prediction; each gets its own result.",
+    )
+
+
+class FeedbackCode(StrEnum):
+    """The outcome of one feedback item: the name of its gRPC status code (the proto enum ``FeedbackCode`` without
+    its prefix)."""
+
+    OK = "OK"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+
+
+class FeedbackResult(BaseModel):
+    """The outcome of one feedback item."""
+
+    prediction_id: str = Field(description="The item's prediction id.")
+    status: FeedbackCode = Field(
+        description='"OK": recorded, or the same label was already recorded (a retry changes nothing); '
+        '"INVALID_ARGUMENT": the label does not fit the prediction (a species for a housing prediction); '
+        '"NOT_FOUND": no logged prediction has this id; "ALREADY_EXISTS": the prediction already has a different '
+        "label, which is kept."
+    )
+    http_status: int = Field(
+        description="The HTTP status the bridge gives that code anywhere else (its one status table): 200 OK, 422 "
+        "INVALID_ARGUMENT, 404 NOT_FOUND, 409 ALREADY_EXISTS.",
+        examples=[200],
+    )
+    recorded: bool = Field(description="True only the first time a label is recorded (false for a retry).")
+    message: str = Field(description="What happened, for people.")
+
+
+class SubmitFeedbackResponse(BaseModel):
+    """Answer to POST /feedback: one result per item, in the request's order."""
+
+    results: list[FeedbackResult] = Field(description="One per item, in the request's order.")
+
+
+class ConfidenceBucket(BaseModel):
+    """A cumulative bucket of confidences: the labels whose predicted species' probability is at most upper_bound."""
+
+    upper_bound: float = Field(description="The bucket's upper bound, a probability.")
+    cumulative_count: int = Field(ge=0, description="Labels in the window whose confidence is at most upper_bound.")
+
+
+class VariantQuality(BaseModel):
+    """The live quality of one version the model serves, beside its training metrics."""
+
+    version: str = Field(description='The registry version, e.g. "2".')
+    variant: str = Field(description='"champion" or "challenger".')
+    labels: int = Field(ge=0, description="Labels in the window the live figures were computed on.")
+    oldest_at: datetime | None = Field(description="When the oldest label of the window arrived (UTC); null if none.")
+    newest_at: datetime | None = Field(description="When the newest label of the window arrived (UTC); null if none.")
+    live: dict[str, float] = Field(
+        description="Housing: rmse, mae. Iris: accuracy, recall_setosa, recall_versicolor, recall_virginica (a class "
+        "with no label in the window has no recall). Empty while there are no labels."
+    )
+    training: dict[str, float] = Field(
+        description="The version's held-out metrics from its training run (housing: rmse, mae, r2; iris: accuracy, "
+        "macro_f1, ...)."
+    )
+    confidence: list[ConfidenceBucket] = Field(
+        description="Iris: labels in the window by the confidence of their prediction, cumulative; empty for housing."
+    )
+
+
+class ModelQuality(BaseModel):
+    """Answer to GET /quality/{model}: the live quality of every version the model serves."""
+
+    name: str = Field(description="The registered model name.")
+    window_labels: int = Field(
+        ge=0,
+        description="The window the live figures are computed on: the newest window_labels labels, of the "
+        "last window_seconds when that is set.",
+    )
+    window_seconds: float = Field(ge=0, description="The window's age limit, in seconds (0: unlimited).")
+    variants: list[VariantQuality] = Field(description="One per version served (champion, then challenger).")
+
+
+class SetAutoRetrainBody(BaseModel):
+    """Body of PUT /models/{model}/auto-retrain: switch the model's automated retraining on or off."""
+
+    model_config = ConfigDict(**_REQUEST, json_schema_extra={"examples": [{"enabled": False}]})
+
+    enabled: bool = Field(
+        strict=True,
+        description="False pauses every automated trigger of the model (manual retrains still work); true resumes "
+        "them.",
+    )
+
+
+class AutoRetrain(BaseModel):
+    """Answer to PUT /models/{model}/auto-retrain: the model's automated retraining now (kept in the registry)."""
+
+    name: str = Field(description="The registered model name.")
+    enabled: bool = Field(description="Whether the automated triggers may start retrains of this model.")
+    triggers: list[str] = Field(
+        description='The triggers configured on this server: any of "quality", "drift", "schedule".'
+    )

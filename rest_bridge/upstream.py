@@ -284,6 +284,26 @@ class Upstream:
     ) -> admin_pb2.LoggedPrediction:
         return await self._admin_call("GetPrediction", self._admin.GetPrediction, message, context)
 
+    async def get_drift_report(
+        self, message: admin_pb2.GetDriftReportRequest, context: AdminContext
+    ) -> admin_pb2.DriftReport:
+        return await self._admin_call("GetDriftReport", self._admin.GetDriftReport, message, context)
+
+    async def submit_feedback(
+        self, message: admin_pb2.SubmitFeedbackRequest, context: AdminContext
+    ) -> admin_pb2.SubmitFeedbackResponse:
+        return await self._admin_call("SubmitFeedback", self._admin.SubmitFeedback, message, context)
+
+    async def get_model_quality(
+        self, message: admin_pb2.GetModelQualityRequest, context: AdminContext
+    ) -> admin_pb2.ModelQuality:
+        return await self._admin_call("GetModelQuality", self._admin.GetModelQuality, message, context)
+
+    async def set_auto_retrain(
+        self, message: admin_pb2.SetAutoRetrainRequest, context: AdminContext
+    ) -> admin_pb2.AutoRetrain:
+        return await self._admin_call("SetAutoRetrain", self._admin.SetAutoRetrain, message, context)
+
     async def serving_status(self, service: str, *, request_id: str) -> str:
         """The health status name of ``service``, or the code name of the failed health check."""
         try:

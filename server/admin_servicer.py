@@ -8,12 +8,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc
 from server.admin.operations import Operation, OperationState
 from server.admin.service import AliasChange, ModelAdmin, VersionStatus
-from server.converters import timestamp
+from server.converters import SPECIES_ENUM, timestamp
+from server.observe.drift import ColumnDrift, DriftReport
+from server.observe.feedback import FeedbackItem, FeedbackOutcome, FeedbackResult
 from server.observe.prediction_log import LoggedPrediction
+from server.observe.quality import QualityReport
 
 STATE_TO_PROTO = {
     OperationState.QUEUED: admin_pb2.OPERATION_STATE_QUEUED,
@@ -32,6 +36,7 @@ def operation_to_proto(operation: Operation) -> admin_pb2.Operation:
         state=STATE_TO_PROTO[operation.state],
         hyperparameters=dict(operation.hyperparameters),
         trigger=operation.trigger,
+        trigger_reason=operation.trigger_reason,
         created_at=timestamp(operation.created_at),
         candidate_metrics=dict(operation.candidate_metrics),
         champion_metrics=dict(operation.champion_metrics),
@@ -83,6 +88,94 @@ def logged_prediction_to_proto(row: LoggedPrediction) -> admin_pb2.LoggedPredict
         latency_ms=row.latency_ms,
         request_id=row.request_id,
         routing_key=row.routing_key or "",
+    )
+
+
+FEEDBACK_CODE = {
+    FeedbackOutcome.RECORDED: admin_pb2.FEEDBACK_CODE_OK,
+    FeedbackOutcome.ALREADY_RECORDED: admin_pb2.FEEDBACK_CODE_OK,
+    FeedbackOutcome.NOT_FOUND: admin_pb2.FEEDBACK_CODE_NOT_FOUND,
+    FeedbackOutcome.ALREADY_EXISTS: admin_pb2.FEEDBACK_CODE_ALREADY_EXISTS,
+    FeedbackOutcome.INVALID_ARGUMENT: admin_pb2.FEEDBACK_CODE_INVALID_ARGUMENT,
+}
+DRIFT_STATUS = {
+    "ok": admin_pb2.DRIFT_STATUS_OK,
+    "insufficient_data": admin_pb2.DRIFT_STATUS_INSUFFICIENT_DATA,
+    "no_reference_profile": admin_pb2.DRIFT_STATUS_NO_REFERENCE_PROFILE,
+}
+CLASS_INDEX_BY_SPECIES = {species: index for index, species in enumerate(SPECIES_ENUM)}
+
+
+def _moment(seconds: float | None) -> Timestamp | None:
+    return None if seconds is None else timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+def drift_report_to_proto(name: str, report: DriftReport) -> admin_pb2.DriftReport:
+    def columns(found: tuple[ColumnDrift, ...]) -> list[admin_pb2.ColumnDrift]:
+        return [admin_pb2.ColumnDrift(name=c.name, psi=c.psi, drifted=c.drifted) for c in found]
+
+    return admin_pb2.DriftReport(
+        name=name,
+        threshold=report.threshold,
+        min_rows=report.min_rows,
+        versions=[
+            admin_pb2.VersionDrift(
+                version=version.version,
+                variant=version.variant,
+                status=DRIFT_STATUS[version.status.value],
+                window_rows=version.window_rows,
+                window_capacity=version.window_capacity,
+                oldest_at=_moment(version.oldest_at),
+                newest_at=_moment(version.newest_at),
+                features=columns(version.features),
+                outputs=columns(version.outputs),
+                drifted=version.drifted,
+            )
+            for version in report.versions
+        ],
+    )
+
+
+def feedback_item_from_proto(item: admin_pb2.FeedbackItem) -> FeedbackItem:
+    label = item.WhichOneof("label")
+    if label == "value":
+        return FeedbackItem(item.prediction_id, value=item.value)
+    if label == "species":
+        # UNSPECIFIED (or a number this server does not know) is no class: refused as invalid per item.
+        return FeedbackItem(item.prediction_id, class_index=CLASS_INDEX_BY_SPECIES.get(item.species, -1))
+    return FeedbackItem(item.prediction_id)
+
+
+def feedback_result_to_proto(result: FeedbackResult) -> admin_pb2.FeedbackResult:
+    return admin_pb2.FeedbackResult(
+        prediction_id=result.prediction_id,
+        code=FEEDBACK_CODE[result.outcome],
+        recorded=result.outcome is FeedbackOutcome.RECORDED,
+        message=result.message,
+    )
+
+
+def quality_to_proto(name: str, report: QualityReport) -> admin_pb2.ModelQuality:
+    return admin_pb2.ModelQuality(
+        name=name,
+        window_labels=report.window_labels,
+        window_seconds=report.window_seconds or 0.0,
+        variants=[
+            admin_pb2.VariantQuality(
+                version=variant.version,
+                variant=variant.variant,
+                labels=variant.labels,
+                oldest_at=_moment(variant.oldest_at),
+                newest_at=_moment(variant.newest_at),
+                live=dict(variant.live),
+                training=dict(variant.training),
+                confidence=[
+                    admin_pb2.ConfidenceBucket(upper_bound=bound, cumulative_count=count)
+                    for bound, count in variant.confidence_buckets
+                ],
+            )
+            for variant in report.variants
+        ],
     )
 
 
@@ -148,3 +241,25 @@ class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
         self, request: admin_pb2.GetPredictionRequest, context: grpc.ServicerContext
     ) -> admin_pb2.LoggedPrediction:
         return logged_prediction_to_proto(self._admin.prediction(request.prediction_id))
+
+    def GetDriftReport(  # noqa: N802
+        self, request: admin_pb2.GetDriftReportRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.DriftReport:
+        return drift_report_to_proto(*self._admin.drift_report(request.model))
+
+    def SubmitFeedback(  # noqa: N802
+        self, request: admin_pb2.SubmitFeedbackRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.SubmitFeedbackResponse:
+        results = self._admin.submit_feedback([feedback_item_from_proto(item) for item in request.items])
+        return admin_pb2.SubmitFeedbackResponse(results=[feedback_result_to_proto(each) for each in results])
+
+    def GetModelQuality(  # noqa: N802
+        self, request: admin_pb2.GetModelQualityRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ModelQuality:
+        return quality_to_proto(*self._admin.quality(request.model))
+
+    def SetAutoRetrain(  # noqa: N802
+        self, request: admin_pb2.SetAutoRetrainRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.AutoRetrain:
+        name, enabled, triggers = self._admin.set_auto_retrain(request.model, enabled=request.enabled)
+        return admin_pb2.AutoRetrain(name=name, enabled=enabled, triggers=list(triggers))

@@ -18,7 +18,8 @@ from model_registry import ModelRegistry
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, housing_pb2_grpc, iris_pb2_grpc
 from server.admin.auth import AdminAuthenticator
 from server.admin.operations import OperationStore, RetrainRunner
-from server.admin.service import ModelAdmin
+from server.admin.service import ModelAdmin, Monitoring
+from server.admin.triggers import RetrainTriggers, TriggeredModel, TriggerSettings
 from server.admin_servicer import ModelAdminServicer
 from server.core import HousingEndpoint, IrisEndpoint, Observers
 from server.domain import Deployment
@@ -27,7 +28,10 @@ from server.interceptors import AdminAuthInterceptor, ServerCallInterceptor
 from server.lifecycle import ModelWatcher, WatchedModel
 from server.metrics import ModelMetrics
 from server.model_store import ModelSlot, ModelStore
+from server.observe.drift import DriftMonitor
+from server.observe.feedback import FeedbackStore
 from server.observe.prediction_log import PredictionLog
+from server.observe.quality import LiveQuality
 from server.observe.shadow import ShadowRunner
 from server.preparation import ModelPreparer
 from server.runtime import PredictRuntime
@@ -58,6 +62,8 @@ class PredictionServer:
     retrainer: RetrainRunner
     metrics_registry: CollectorRegistry
     observers: Observers = field(default_factory=Observers)
+    monitoring: Monitoring = field(default_factory=Monitoring)
+    triggers: RetrainTriggers | None = None
     executors: tuple[futures.ThreadPoolExecutor, ...] = ()
     metrics_port: int | None = None
     _metrics_http: WSGIServer | None = field(default=None, repr=False)
@@ -68,6 +74,13 @@ class PredictionServer:
             self.observers.prediction_log.start()
         if self.observers.shadow is not None:
             self.observers.shadow.start()
+        if self.observers.drift is not None:
+            self.observers.drift.start()
+        if self.monitoring.feedback is not None:
+            restored = self.monitoring.feedback.restore(self.settings.quality_window_labels * len(SERVICES) * 2)
+            logger.info("live quality restored from %d earlier labels", restored)
+        if self.triggers is not None:
+            self.triggers.start()
         if self.settings.metrics_port is not None:
             self._metrics_http, _ = start_http_server(
                 self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.metrics_registry
@@ -90,7 +103,11 @@ class PredictionServer:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.grace_seconds if grace is None else grace).wait()
         self.watcher.stop()
+        if self.triggers is not None:
+            self.triggers.stop()
         self.retrainer.stop(timeout=5)
+        if self.observers.drift is not None:
+            self.observers.drift.stop()
         # After the last call: what the calls offered is written (or counted as dropped) before the exit.
         if self.observers.shadow is not None:
             self.observers.shadow.stop()
@@ -162,10 +179,11 @@ def build_server(
     )
 
     store = ModelStore()
+    names = {ModelSlot.HOUSING: settings.housing_model_name, ModelSlot.IRIS: settings.iris_model_name}
     metrics = ModelMetrics(metrics_registry)
     runners = {spec.slot: ModelRunner(spec, runtime, settings.small_batch_rows) for spec in SERVICES}
-    observers = Observers(
-        prediction_log=PredictionLog(
+    prediction_log = (
+        PredictionLog(
             settings.prediction_log_path,
             queue_size=settings.prediction_log_queue_size,
             batch_rows=settings.prediction_log_batch_rows,
@@ -177,7 +195,24 @@ def build_server(
             metrics_registry=metrics_registry,
         )
         if settings.prediction_log
-        else None,
+        else None
+    )
+    drift = (
+        DriftMonitor(
+            store,
+            SPEC_BY_SLOT,
+            metrics_registry,
+            window_rows=settings.drift_window_rows,
+            threshold=settings.drift_threshold,
+            min_rows=settings.drift_min_rows,
+            interval_seconds=settings.drift_interval_seconds,
+        )
+        if settings.drift
+        else None
+    )
+    observers = Observers(
+        prediction_log=prediction_log,
+        drift=drift,
         shadow=ShadowRunner(
             {spec.slot.value: runners[spec.slot] for spec in SERVICES},
             {spec.slot.value: spec.output_names for spec in SERVICES if spec.class_labels is not None},
@@ -201,7 +236,6 @@ def build_server(
         max_batch_size=settings.max_batch_size,
         observers=observers,
     )
-    names = {ModelSlot.HOUSING: settings.housing_model_name, ModelSlot.IRIS: settings.iris_model_name}
     watcher = ModelWatcher(
         registry,
         store,
@@ -233,7 +267,42 @@ def build_server(
         # A promoted candidate is served at once, not at the next poll.
         on_finished=lambda _operation: watcher.nudge(),
     )
-    admin = ModelAdmin(registry, watcher, store, retrainer, observers.prediction_log)
+    quality = LiveQuality(
+        {names[spec.slot]: spec.output_names for spec in SERVICES if spec.class_labels is not None},
+        metrics_registry,
+        window_labels=settings.quality_window_labels,
+        window_seconds=settings.quality_window_seconds,
+    )
+    feedback = (
+        FeedbackStore(
+            prediction_log,
+            quality,
+            {spec.slot.value: spec.output_names for spec in SERVICES if spec.class_labels is not None},
+            metrics_registry,
+        )
+        if prediction_log is not None
+        else None
+    )
+    triggers = RetrainTriggers(
+        TriggerSettings(
+            quality_for_seconds=settings.retrain_on_quality_for_seconds,
+            quality_tolerance=settings.retrain_quality_tolerance,
+            quality_min_labels=settings.retrain_quality_min_labels,
+            drift_for_seconds=settings.retrain_on_drift_for_seconds,
+            schedule_seconds=settings.retrain_schedule_seconds,
+            cooldown_seconds=settings.retrain_trigger_cooldown_seconds,
+            check_seconds=settings.retrain_trigger_check_seconds,
+        ),
+        {spec.slot: TriggeredModel(spec, names[spec.slot]) for spec in SERVICES},
+        operations=retrainer,
+        store=store,
+        registry=registry,
+        quality=quality,
+        drift=drift,
+        metrics_registry=metrics_registry,
+    )
+    monitoring = Monitoring(drift=drift, quality=quality, feedback=feedback, triggers=triggers)
+    admin = ModelAdmin(registry, watcher, store, retrainer, observers.prediction_log, monitoring=monitoring)
 
     housing_pb2_grpc.add_HousingPredictorServicer_to_server(HousingPredictorServicer(housing, watcher), grpc_server)
     iris_pb2_grpc.add_IrisClassifierServicer_to_server(IrisClassifierServicer(iris, watcher), grpc_server)
@@ -260,5 +329,7 @@ def build_server(
         retrainer=retrainer,
         metrics_registry=metrics_registry,
         observers=observers,
+        monitoring=monitoring,
+        triggers=triggers,
         executors=(executor, health_pool),
     )

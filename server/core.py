@@ -23,6 +23,7 @@ from server.execution import ModelRunner
 from server.ids import new_prediction_ids
 from server.metrics import BoundModelMetrics, ModelMetrics
 from server.model_store import ModelStore
+from server.observe.drift import DriftMonitor
 from server.observe.prediction_log import PredictionEvent, PredictionLog
 from server.observe.shadow import ShadowCopy, ShadowRunner
 from server.router import CHAMPION, Router
@@ -35,6 +36,7 @@ class Observers:
 
     prediction_log: PredictionLog | None = None
     shadow: ShadowRunner | None = None
+    drift: DriftMonitor | None = None
 
 
 NO_OBSERVERS = Observers()
@@ -135,6 +137,8 @@ class ModelEndpoint:
                     predicted_at=time.time(),
                 )
             )
+        if observers.drift is not None:
+            observers.drift.offer(model, batch.values, output)
         if observers.shadow is not None and deployment.shadow and variant == CHAMPION:
             assert deployment.challenger is not None  # deployment.shadow says so
             observers.shadow.offer(ShadowCopy(self.slot.value, deployment.challenger, batch.values, output))

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from data.profile import ReferenceProfile
+
 FloatMatrix = npt.NDArray[np.float64]
 BoolMatrix = npt.NDArray[np.bool_]
 
@@ -62,6 +64,8 @@ class LoadedModel:
     description: ModelDescription
     estimator: Any
     small_batch_predict: Callable[[FloatMatrix], FloatMatrix] | None = None
+    reference_profile: ReferenceProfile | None = None
+    """What its live inputs and outputs are compared with for drift; None: the version has none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@
     ├── ModelUnavailableError  no model is loaded for the service yet (UNAVAILABLE)
     ├── UnauthenticatedError   an admin call without the right bearer token (UNAUTHENTICATED)
     ├── AdminDisabledError     an admin call to a server with no admin token configured (PERMISSION_DENIED)
-    └── PredictionNotFoundError  no logged prediction has this id (NOT_FOUND)
+    ├── PredictionNotFoundError  no logged prediction has this id (NOT_FOUND)
+    └── FeatureDisabledError   the call needs a part this server runs without (FAILED_PRECONDITION)
 
 The registry adapter's errors (``model_registry``), the retrain operations' (``server.admin.operations``) and
 the hyper-parameter allow-list's (``training.hyperparameters``) travel up unchanged. The gRPC layer maps all of
@@ -50,3 +51,7 @@ class AdminDisabledError(PredictionServiceError):
 
 class PredictionNotFoundError(PredictionServiceError):
     """No logged prediction has this id (NOT_FOUND)."""
+
+
+class FeatureDisabledError(PredictionServiceError):
+    """The call needs a part the server was configured without (drift off, no prediction log, no triggers)."""

@@ -13,6 +13,9 @@ comparisons (``value <= threshold`` goes left) and the leaf values are summed in
 Categorical splits and non-identity links stay on scikit-learn; NaN would go left here but follow
 ``missing_go_to_left`` there, which is why inputs must be finite.
 
+A gradient-boosting regressor may sit behind ``data.transforms.RotatedCoordinates`` in a pipeline: the
+transform's own numpy code runs first, as the pipeline runs it, then the compiled trees.
+
 Logistic regression (optionally after a StandardScaler): a one-row ``predict_proba`` through a pipeline
 costs ~400 us in scikit-learn, nearly all of it validation; standardise, one matrix product and the
 softmax cost ~10 us.
@@ -38,12 +41,49 @@ FastPath = Callable[[FloatMatrix], FloatMatrix]
 def compile_fast_path(estimator: Any, method: str) -> FastPath | None:
     """A fast equivalent of ``getattr(estimator, method)``, or None when there is none."""
     if method == "predict":
-        forest = CompiledForest.from_estimator(estimator)
-        return None if forest is None else forest.predict
+        transforms, final = _exact_transforms(estimator)
+        forest = CompiledForest.from_estimator(final)
+        if forest is None:
+            return None
+        if not transforms:
+            return forest.predict
+        return _Composed(transforms, forest.predict)
     if method == "predict_proba":
         logistic = CompiledLogistic.from_estimator(estimator)
         return None if logistic is None else logistic.predict_proba
     return None
+
+
+def _exact_transforms(estimator: Any) -> tuple[list[Callable[[FloatMatrix], FloatMatrix]], Any]:
+    """A pipeline's leading steps when each is a transform whose own numpy code may run as is, and its last step.
+
+    Only transforms known to be plain numpy with no input checks of their own qualify (``data.transforms``):
+    calling their ``transform`` is then exactly what the pipeline does, minus its bookkeeping.
+    """
+    from sklearn.pipeline import Pipeline  # noqa: PLC0415
+
+    from data.transforms import RotatedCoordinates  # noqa: PLC0415
+
+    if type(estimator) is not Pipeline:
+        return [], estimator
+    steps = [step for _, step in estimator.steps if step not in (None, "passthrough")]
+    transforms = steps[:-1]
+    if not steps or any(type(step) is not RotatedCoordinates for step in transforms):
+        return [], None
+    return [step.transform for step in transforms], steps[-1]
+
+
+class _Composed:
+    """The transforms in order, then the compiled model."""
+
+    def __init__(self, transforms: list[Callable[[FloatMatrix], FloatMatrix]], final: FastPath) -> None:
+        self._transforms = transforms
+        self._final = final
+
+    def __call__(self, values: FloatMatrix) -> FloatMatrix:
+        for transform in self._transforms:
+            values = transform(values)
+        return self._final(values)
 
 
 def reproduces(fast_path: FastPath, estimator: Any, method: str, sample: FloatMatrix) -> bool:

@@ -30,11 +30,13 @@ from server.admin.operations import (
 )
 from server.errors import (
     AdminDisabledError,
+    FeatureDisabledError,
     InvalidInputError,
     ModelUnavailableError,
     PredictionNotFoundError,
     UnauthenticatedError,
 )
+from server.observe.feedback import FeedbackUnavailableError
 from training.hyperparameters import HyperparameterError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RunnerStoppedError, grpc.StatusCode.UNAVAILABLE),
     (OperationNotFoundError, grpc.StatusCode.NOT_FOUND),
     (PredictionNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (FeatureDisabledError, grpc.StatusCode.FAILED_PRECONDITION),
+    (FeedbackUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (RegistryUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (VersionNotFoundError, grpc.StatusCode.NOT_FOUND),

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from data.profile import ProfileError, ReferenceProfile
 from model_registry import LoadedArtifact
 from server.domain import FloatMatrix, LoadedModel, ModelDescription, ModelVersionRef
 from server.execution import ModelOutputError, ModelRunner
@@ -50,8 +51,13 @@ def sample_rows(features: FeatureTable, count: int) -> FloatMatrix:
 
 
 def describe_estimator(estimator: object) -> str:
+    """The estimator's class; for a pipeline, also each step's, in order."""
     cls = type(estimator)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list):
+        return f"{name}({', '.join(describe_estimator(step) for _, step in steps)})"
+    return name
 
 
 class ModelPreparer:
@@ -74,7 +80,11 @@ class ModelPreparer:
             loaded_at=datetime.now(UTC),
             training_metrics=dict(info.metrics),
         )
-        model = LoadedModel(description=description, estimator=artifact.estimator)
+        model = LoadedModel(
+            description=description,
+            estimator=artifact.estimator,
+            reference_profile=self._reference_profile(artifact, model_uri),
+        )
         model = self._with_fast_path(model)
         self._smoke_test(model)
         return model
@@ -93,6 +103,26 @@ class ModelPreparer:
             raise ModelValidationError(
                 "signature", f"{model_uri} takes {width} features; the service sends {len(expected)}"
             )
+
+    def _reference_profile(self, artifact: LoadedArtifact, model_uri: str) -> ReferenceProfile | None:
+        """The version's profile when it has one that describes this service's columns; else None (served)."""
+        if artifact.reference_profile is None:
+            return None
+        try:
+            profile = ReferenceProfile.from_json(artifact.reference_profile)
+        except ProfileError as exc:
+            logger.warning("%s: its reference profile cannot be read (%s); drift is not measured", model_uri, exc)
+            return None
+        expected = (self._spec.features.names, self._spec.output_names)
+        if (tuple(profile.features), tuple(profile.outputs)) != expected:
+            logger.warning(
+                "%s: its reference profile describes %s -> %s, not the service's columns; drift is not measured",
+                model_uri,
+                list(profile.features),
+                list(profile.outputs),
+            )
+            return None
+        return profile
 
     def _check_classes(self, estimator: object, model_uri: str) -> None:
         labels = self._spec.class_labels

@@ -27,6 +27,9 @@ class ServiceSpec:
     """Columns of a correct answer: None for one value per row."""
     output_names: tuple[str, ...]
     """What each column of the answer is (the prediction log's output object)."""
+    quality_metric: str
+    """The live-quality figure that retrain triggers compare with the same held-out training metric."""
+    quality_higher_is_better: bool
     class_labels: tuple[int, ...] | None = None
     """A classifier's ``classes_``, in the order the answer's columns mean them."""
 
@@ -41,6 +44,8 @@ HOUSING = ServiceSpec(
     estimator_method="predict",
     output_columns=None,
     output_names=(HOUSING_TARGET,),
+    quality_metric="rmse",
+    quality_higher_is_better=False,
 )
 IRIS = ServiceSpec(
     slot=ModelSlot.IRIS,
@@ -49,6 +54,8 @@ IRIS = ServiceSpec(
     estimator_method="predict_proba",
     output_columns=len(IRIS_CLASS_LABELS),
     output_names=IRIS_SPECIES,
+    quality_metric="accuracy",
+    quality_higher_is_better=True,
     class_labels=IRIS_CLASS_LABELS,
 )
 SERVICES: tuple[ServiceSpec, ...] = (HOUSING, IRIS)

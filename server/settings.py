@@ -119,6 +119,47 @@ class ServerSettings(BaseSettings):
     prediction_log_max_rows: int | None = Field(
         5_000_000, ge=1, description="The writer keeps at most this many newest rows; unset keeps them all."
     )
+    drift: bool = Field(True, description="Measure data drift of every served version against its training profile.")
+    drift_window_rows: int = Field(1000, ge=10, description="Newest live rows per version that drift is measured on.")
+    drift_min_rows: int = Field(
+        100, ge=1, description="Fewer rows than this in a window: drift is reported as insufficient_data."
+    )
+    drift_threshold: float = Field(
+        0.2, gt=0, description="A column whose population stability index exceeds this is flagged as drifted."
+    )
+    drift_interval_seconds: float = Field(10.0, gt=0, description="How often the drift gauges are recomputed.")
+    quality_window_labels: int = Field(
+        1000, ge=1, description="Live quality is computed on at most this many newest labelled predictions."
+    )
+    quality_window_seconds: float | None = Field(
+        None, gt=0, description="When set, live quality also forgets labels older than this many seconds."
+    )
+    retrain_on_quality_for_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Automated retrain when the champion's live quality (housing rmse, iris accuracy) has been worse "
+        "than its training metric by more than retrain_quality_tolerance for this many seconds; unset: off.",
+    )
+    retrain_quality_tolerance: float = Field(
+        0.1, ge=0, description="Relative: 0.1 lets live rmse be 10% above (accuracy 10% below) the training metric."
+    )
+    retrain_quality_min_labels: int = Field(
+        100, ge=1, description="Labels the quality window needs before the quality trigger may judge."
+    )
+    retrain_on_drift_for_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Automated retrain when the champion's drift flag has held this many seconds; unset: off.",
+    )
+    retrain_schedule_seconds: float | None = Field(
+        None, gt=0, description="Automated retrain of every model at this interval; unset: off."
+    )
+    retrain_trigger_cooldown_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="After a triggered retrain of a model, its triggers wait this long before firing again.",
+    )
+    retrain_trigger_check_seconds: float = Field(30.0, gt=0, description="How often the retrain triggers are checked.")
     retrain_workdir: Path = Field(
         Path(),
         description="Working directory of retrain children: where `python -m training` finds data/ and keeps "

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
+from data.profile import PROFILE_ARTIFACT, ReferenceProfile, reference_profile
 from data.raw import RawDatasets, load_housing, load_iris_raw, sha256_of, write_housing_csv, write_iris_csv
 from model_registry import AliasConflictError, ModelRegistry
 from training import registry
@@ -133,6 +134,8 @@ def train_model(
         # Only this model's own figures are run metrics (the server reports them as the version's);
         # the champion's scores on the same rows go into the decision's reason.
         mlflow.log_metrics({**metrics, "fit_seconds": fit_seconds})
+        # What the server measures drift against: the training rows and the model's answers on them.
+        mlflow.log_dict(training_profile(model, spec, split.x_train).to_json(), PROFILE_ARTIFACT)
 
         champion = _score_champion(models, spec, settings.alias, split)
         decision = decide(metrics, champion, spec.rules)
@@ -203,6 +206,18 @@ def split_rows(x: FloatArray, y: Target, spec: ModelSpec, settings: TrainingSett
         x, y, test_size=settings.test_size, random_state=settings.random_seed, stratify=y if spec.stratify else None
     )
     return Split(x_train, x_test, y_train, y_test, rows_available)
+
+
+def training_profile(model: Any, spec: ModelSpec, x_train: FloatArray) -> ReferenceProfile:
+    """The reference profile of the training rows and of the fitted model's outputs on them.
+
+    Outputs are what the server sees: the prediction of a regressor, each class's probability of a classifier.
+    """
+    if spec.class_names:
+        outputs, output_names = np.asarray(model.predict_proba(x_train)), spec.class_names
+    else:
+        outputs, output_names = np.asarray(model.predict(x_train)), (spec.target,)
+    return reference_profile(x_train, outputs.astype(np.float64), spec.features, output_names)
 
 
 def _score_champion(models: ModelRegistry, spec: ModelSpec, alias: str, split: Split) -> ChampionScore | None:

@@ -69,7 +69,7 @@ class TrainingSettings(BaseSettings):
     max_rows: int | None = Field(default=None, ge=MIN_MAX_ROWS)
     """Train on a random subset of at most this many rows (quick runs and tests); None uses all rows."""
 
-    housing_max_iter: int = Field(default=300, ge=1)
+    housing_max_iter: int = Field(default=600, ge=1)
     """Boosting iterations (trees) of the housing model; lower it for fast tests."""
 
     housing_max_rmse: float = Field(default=0.45, gt=0.0)

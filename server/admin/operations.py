@@ -93,7 +93,9 @@ class Operation:
     max_rows: int | None
     created_at: datetime
     trigger: str = "manual"
-    """What asked for it: ``manual`` for an admin call."""
+    """What asked for it: ``manual`` for an admin call, else the automated trigger (``quality``, ...)."""
+    trigger_reason: str = ""
+    """What the automated trigger saw when it fired."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
     candidate_metrics: Mapping[str, float] = field(default_factory=dict)
@@ -115,6 +117,7 @@ class Operation:
             "hyperparameters": dict(self.hyperparameters),
             "max_rows": self.max_rows,
             "trigger": self.trigger,
+            "trigger_reason": self.trigger_reason,
             "created_at": self.created_at.isoformat(),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
@@ -136,6 +139,7 @@ class Operation:
             hyperparameters=dict(data["hyperparameters"]),
             max_rows=data["max_rows"],
             trigger=str(data["trigger"]),
+            trigger_reason=str(data.get("trigger_reason", "")),
             created_at=datetime.fromisoformat(data["created_at"]),
             started_at=_from_iso(data["started_at"]),
             finished_at=_from_iso(data["finished_at"]),
@@ -283,7 +287,12 @@ class RetrainRunner:
         return True
 
     def start(
-        self, model: str, hyperparameters: Mapping[str, float], max_rows: int | None, trigger: str = "manual"
+        self,
+        model: str,
+        hyperparameters: Mapping[str, float],
+        max_rows: int | None,
+        trigger: str = "manual",
+        trigger_reason: str = "",
     ) -> Operation:
         """Record a retrain of ``model`` and start it in the background; returns the queued operation at once.
 
@@ -308,6 +317,7 @@ class RetrainRunner:
                 max_rows=max_rows,
                 created_at=_now(),
                 trigger=trigger,
+                trigger_reason=trigger_reason,
             )
             try:
                 self._store.save(operation)

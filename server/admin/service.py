@@ -13,17 +13,26 @@ from model_registry import ModelRegistry, VersionInfo
 from model_registry.history import move_alias, roll_back
 from server.admin.operations import Operation
 from server.domain import TrafficSplit
-from server.errors import FieldViolation, InvalidInputError, PredictionNotFoundError
+from server.errors import FeatureDisabledError, FieldViolation, InvalidInputError, PredictionNotFoundError
 from server.lifecycle import SPLIT_TAG, ModelWatcher, WatchedModel, split_tag
 from server.model_store import ModelSlot, ModelStore
+from server.observe.drift import DriftMonitor, DriftReport
+from server.observe.feedback import FeedbackItem, FeedbackResult, FeedbackStore
 from server.observe.prediction_log import LoggedPrediction, PredictionLog
+from server.observe.quality import LiveQuality, QualityReport
 
 CHAMPION = "champion"
+MAX_FEEDBACK_ITEMS = 1000
 
 
 class RetrainOperations(Protocol):
     def start(
-        self, model: str, hyperparameters: Mapping[str, float], max_rows: int | None, trigger: str = "manual"
+        self,
+        model: str,
+        hyperparameters: Mapping[str, float],
+        max_rows: int | None,
+        trigger: str = "manual",
+        trigger_reason: str = "",
     ) -> Operation: ...
 
     def get(self, operation_id: str) -> Operation: ...
@@ -46,6 +55,27 @@ class AliasChange:
     previous_version: str | None
 
 
+class AutoRetrainSwitch(Protocol):
+    """The automated retrain triggers, as admin sees them (``server.admin.triggers.RetrainTriggers``)."""
+
+    def enabled(self, slot: ModelSlot) -> bool: ...
+
+    def set_enabled(self, slot: ModelSlot, enabled: bool) -> None: ...
+
+    @property
+    def configured(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Monitoring:
+    """What admin reads drift, quality and feedback from; any part may be off (None)."""
+
+    drift: DriftMonitor | None = None
+    quality: LiveQuality | None = None
+    feedback: FeedbackStore | None = None
+    triggers: AutoRetrainSwitch | None = None
+
+
 class ModelAdmin:
     def __init__(
         self,
@@ -54,7 +84,10 @@ class ModelAdmin:
         store: ModelStore,
         operations: RetrainOperations,
         prediction_log: PredictionLog | None = None,
+        *,
+        monitoring: Monitoring | None = None,
     ) -> None:
+        self._monitoring = monitoring or Monitoring()
         self._prediction_log = prediction_log
         self._registry = registry
         self._watcher = watcher
@@ -127,6 +160,47 @@ class ModelAdmin:
             reason = "the prediction log is off" if self._prediction_log is None else "it is not in the log"
             raise PredictionNotFoundError(f"prediction {prediction_id!r} not found: {reason}")
         return found
+
+    def drift_report(self, key: str) -> tuple[str, DriftReport]:
+        entry = self.model(key)
+        drift = self._monitoring.drift
+        if drift is None:
+            raise FeatureDisabledError("drift measurement is off on this server (PREDICTOR_DRIFT=false)")
+        return entry.name, drift.report(entry.spec.slot)
+
+    def submit_feedback(self, items: Sequence[FeedbackItem]) -> list[FeedbackResult]:
+        feedback = self._monitoring.feedback
+        if feedback is None:
+            raise FeatureDisabledError("feedback needs the prediction log, which is off on this server")
+        if not items:
+            raise InvalidInputError("items: at least one item is required", (FieldViolation("items", "is empty"),))
+        if len(items) > MAX_FEEDBACK_ITEMS:
+            description = f"holds {len(items)} items; at most {MAX_FEEDBACK_ITEMS} are allowed"
+            raise InvalidInputError(f"items: {description}", (FieldViolation("items", description),))
+        return feedback.submit(items)
+
+    def quality(self, key: str) -> tuple[str, QualityReport]:
+        entry = self.model(key)
+        quality = self._monitoring.quality
+        if quality is None:
+            raise FeatureDisabledError("live quality needs the prediction log, which is off on this server")
+        deployment = self._store.get(entry.spec.slot)
+        served = [
+            (model.description.ref.name, model.description.ref.version, variant, model.description.training_metrics)
+            for variant, model in deployment.variants().items()
+        ]
+        return entry.name, quality.report(entry.spec.slot.value, served)
+
+    def set_auto_retrain(self, key: str, *, enabled: bool) -> tuple[str, bool, tuple[str, ...]]:
+        entry = self.model(key)
+        triggers = self._require_triggers()
+        triggers.set_enabled(entry.spec.slot, enabled)
+        return entry.name, triggers.enabled(entry.spec.slot), triggers.configured
+
+    def _require_triggers(self) -> AutoRetrainSwitch:
+        if self._monitoring.triggers is None:
+            raise FeatureDisabledError("this server has no automated retrain triggers")
+        return self._monitoring.triggers
 
     def _serving_versions(self, slot: ModelSlot) -> set[str]:
         deployment = self._store.peek(slot)

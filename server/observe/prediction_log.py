@@ -221,6 +221,11 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
         self._templates: dict[tuple[str, ...], str] = {}
+        # flush(): events accepted so far, events the writer has taken, and how many of those are written.
+        self._accepted_events = 0
+        self._taken_events = 0
+        self._finished_events = 0
+        self._finished = threading.Condition()
 
         dropped = Counter(
             "prediction_log_dropped_total",
@@ -280,6 +285,7 @@ class PredictionLog:
             accepted = not self._closing and len(self._events) < self._queue_size
             if accepted:
                 self._events.append(event)
+                self._accepted_events += 1
                 wake = len(self._events) >= self._wake_events
         if accepted:
             if wake and not self._wake.is_set():
@@ -308,6 +314,23 @@ class PredictionLog:
                 logger.warning("the prediction log writer is still busy %.1f s after close", timeout + 1.0)
         self._drop_queued("close_timeout")
         return thread is None or not thread.is_alive()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every event accepted before this call was written (or dropped); False after ``timeout``.
+
+        For readers that must see a prediction made a moment ago (feedback on it); it wakes the writer early.
+        """
+        with self._lock:
+            target = self._accepted_events
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._finished:
+            while self._finished_events < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._finished.wait(remaining)
+        return True
 
     def get(self, prediction_id: str) -> LoggedPrediction | None:
         """The logged row of one prediction, or None (never logged, dropped, deleted, or not written yet).
@@ -383,6 +406,11 @@ class PredictionLog:
                     # A backlog is deleted one chunk per pass, with the inserts in between.
                     retention_at = time.monotonic() + (0.0 if behind else self._retention_interval)
                 busy = bool(stopping or behind or pending.rows or self._events)
+                if not pending.rows:
+                    # Events leave the queue in order: every one taken so far is now written or dropped.
+                    with self._finished:
+                        self._finished_events = self._taken_events
+                        self._finished.notify_all()
             except Exception:
                 # Nothing may end this thread: every row it holds is counted, the error is logged.
                 self._write_errors.inc()
@@ -406,6 +434,7 @@ class PredictionLog:
                 event = self._events.popleft()
             except IndexError:
                 return
+            self._taken_events += 1
             self._accept(pending, event)
 
     def _accept(self, pending: "_Pending", event: PredictionEvent) -> None:

@@ -13,7 +13,8 @@ the id is the script:
 Every call's metadata and request message are recorded, so tests can prove what reached the server. After its
 script, an admin call (``ModelAdmin``) needs ``authorization: Bearer scripted-token`` (else UNAUTHENTICATED),
 then answers with every field of its message set (``Retrain`` echoes its request in a QUEUED operation,
-``SetTrafficSplit`` its split, ``GetPrediction`` its id).
+``SetTrafficSplit`` its split, ``GetPrediction`` its id, ``SetAutoRetrain`` its switch). ``SubmitFeedback`` answers
+each item by its prediction id, as ``FEEDBACK_OUTCOMES`` says (any other id: recorded).
 """
 
 import threading
@@ -44,6 +45,17 @@ HOLD_SECONDS = 10.0
 SCRIPTED_AUTHORIZATION = "Bearer scripted-token"
 OPERATION_ID = "0123456789abcdef0123456789abcdef"
 PREDICTION_ID = "0192f0c4-7b1e-7c3a-9d2e-4f5a6b7c8d9e"
+# SubmitFeedback's answer for each of these prediction ids: (code, recorded, message).
+RETRIED_ID = "0192f0c4-7b1e-7c3a-9d2e-000000000001"
+MISMATCHED_ID = "0192f0c4-7b1e-7c3a-9d2e-000000000003"
+UNKNOWN_ID = "0192f0c4-7b1e-7c3a-9d2e-000000000005"
+RELABELLED_ID = "0192f0c4-7b1e-7c3a-9d2e-000000000006"
+FEEDBACK_OUTCOMES: dict[str, tuple[admin_pb2.FeedbackCode.ValueType, bool, str]] = {
+    RETRIED_ID: (admin_pb2.FEEDBACK_CODE_OK, False, "the same label was already recorded"),
+    MISMATCHED_ID: (admin_pb2.FEEDBACK_CODE_INVALID_ARGUMENT, False, "a species does not fit a housing prediction"),
+    UNKNOWN_ID: (admin_pb2.FEEDBACK_CODE_NOT_FOUND, False, "no logged prediction has this id"),
+    RELABELLED_ID: (admin_pb2.FEEDBACK_CODE_ALREADY_EXISTS, False, "the prediction already has the label 2.5"),
+}
 VIOLATIONS = (
     FieldViolation("instances[1].latitude", "must be at least 32 and at most 42.5, got 50"),
     FieldViolation("instances[2].longitude", "is required but was not set"),
@@ -245,6 +257,70 @@ def logged_prediction(prediction_id: str) -> admin_pb2.LoggedPrediction:
     )
 
 
+def drift_report(name: str) -> admin_pb2.DriftReport:
+    """A drift report with every field set: a champion with a full window, one feature drifted; a challenger with
+    too few rows, its window empty."""
+    return admin_pb2.DriftReport(
+        name=name,
+        threshold=0.2,
+        min_rows=100,
+        versions=[
+            admin_pb2.VersionDrift(
+                version="4",
+                variant="champion",
+                status=admin_pb2.DRIFT_STATUS_OK,
+                window_rows=1000,
+                window_capacity=1000,
+                oldest_at=Timestamp(seconds=1_700_000_000, nanos=250_000_000),
+                newest_at=Timestamp(seconds=1_700_003_600),
+                features=[
+                    admin_pb2.ColumnDrift(name="median_income", psi=0.31, drifted=True),
+                    admin_pb2.ColumnDrift(name="house_age", psi=0.02),
+                ],
+                outputs=[admin_pb2.ColumnDrift(name="median_house_value", psi=0.12)],
+                drifted=True,
+            ),
+            admin_pb2.VersionDrift(
+                version="5",
+                variant="challenger",
+                status=admin_pb2.DRIFT_STATUS_INSUFFICIENT_DATA,
+                window_capacity=1000,
+            ),
+        ],
+    )
+
+
+def model_quality(name: str) -> admin_pb2.ModelQuality:
+    """Live quality with every field set: a champion with labels, a challenger with none yet."""
+    return admin_pb2.ModelQuality(
+        name=name,
+        window_labels=500,
+        window_seconds=86_400.0,
+        variants=[
+            admin_pb2.VariantQuality(
+                version="2",
+                variant="champion",
+                labels=3,
+                oldest_at=Timestamp(seconds=1_700_000_000),
+                newest_at=Timestamp(seconds=1_700_000_900, nanos=500_000_000),
+                live={"accuracy": 2 / 3, "recall_setosa": 1.0, "recall_virginica": 0.5},
+                training={"accuracy": 0.97, "macro_f1": 0.96},
+                confidence=[
+                    admin_pb2.ConfidenceBucket(upper_bound=0.5, cumulative_count=0),
+                    admin_pb2.ConfidenceBucket(upper_bound=0.9, cumulative_count=1),
+                    admin_pb2.ConfidenceBucket(upper_bound=1.0, cumulative_count=3),
+                ],
+            ),
+            admin_pb2.VariantQuality(version="3", variant="challenger", training={"accuracy": 0.95}),
+        ],
+    )
+
+
+def feedback_result(item: admin_pb2.FeedbackItem) -> admin_pb2.FeedbackResult:
+    code, recorded, message = FEEDBACK_OUTCOMES.get(item.prediction_id, (admin_pb2.FEEDBACK_CODE_OK, True, "recorded"))
+    return admin_pb2.FeedbackResult(prediction_id=item.prediction_id, code=code, recorded=recorded, message=message)
+
+
 class ScriptedAdmin(admin_pb2_grpc.ModelAdminServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
@@ -300,6 +376,24 @@ class ScriptedAdmin(admin_pb2_grpc.ModelAdminServicer):
     def GetPrediction(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.LoggedPrediction:  # noqa: N802
         self._run(request, context)
         return logged_prediction(request.prediction_id)
+
+    def GetDriftReport(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.DriftReport:  # noqa: N802
+        self._run(request, context)
+        return drift_report(f"{request.model}-registered")
+
+    def SubmitFeedback(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.SubmitFeedbackResponse:  # noqa: N802
+        self._run(request, context)
+        return admin_pb2.SubmitFeedbackResponse(results=[feedback_result(each) for each in request.items])
+
+    def GetModelQuality(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ModelQuality:  # noqa: N802
+        self._run(request, context)
+        return model_quality(f"{request.model}-registered")
+
+    def SetAutoRetrain(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.AutoRetrain:  # noqa: N802
+        self._run(request, context)
+        return admin_pb2.AutoRetrain(
+            name=f"{request.model}-registered", enabled=request.enabled, triggers=["quality", "drift"]
+        )
 
 
 @dataclass

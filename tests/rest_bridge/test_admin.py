@@ -9,22 +9,31 @@ from typing import Any, TypeVar
 import anyio
 import grpc
 import httpx
+import numpy as np
 import pytest
+from sklearn.datasets import load_iris
 
-from data.schema import IRIS_FEATURES
-from protos.prediction.v1 import admin_pb2, admin_pb2_grpc
+from data.profile import reference_profile
+from data.schema import IRIS_FEATURES, IRIS_SPECIES
+from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, iris_pb2
 from rest_bridge.schemas import ErrorResponse
 from server.app import PredictionServer
 
 from ..server.conftest import in_memory_registry, running_server, small_iris_model
-from .conftest import IRIS, bridge, fake_training, rest_json
+from .conftest import HOUSE, IRIS, bridge, fake_training, rest_json
 from .scripted_server import (
+    MISMATCHED_ID,
     OPERATION_ID,
     PREDICTION_ID,
+    RELABELLED_ID,
+    RETRIED_ID,
     SCRIPTED_AUTHORIZATION,
+    UNKNOWN_ID,
     ScriptedServer,
+    drift_report,
     finished_operation,
     logged_prediction,
+    model_quality,
     registered_versions,
 )
 
@@ -47,6 +56,12 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, int]] = [
     ("POST", "/models/housing/rollback", None, 400),
     ("PUT", "/models/penguins/traffic", {"challenger_percent": 10, "shadow": True}, 422),
     ("GET", f"/predictions/{UNKNOWN_PREDICTION}", None, 404),
+    ("GET", "/drift/iris", None, 200),
+    # Feedback for no logged prediction: the call succeeds, its one item is NOT_FOUND, nothing is recorded.
+    ("POST", "/feedback", {"items": [{"prediction_id": UNKNOWN_PREDICTION, "value": 1.5}]}, 200),
+    ("GET", "/quality/iris", None, 200),
+    # Enabled is where automated retraining starts: switching it on again moves nothing.
+    ("PUT", "/models/iris/auto-retrain", {"enabled": True}, 200),
 ]
 ROUTE_IDS = [f"{method} {path.split('?')[0]}" for method, path, _, _ in ROUTES]
 # A retrain child that waits for a `release` file next to it (at most a minute), then fails like a crashed training.
@@ -466,6 +481,43 @@ async def test_retrain_converts_both_ways(scripted: ScriptedServer):
             admin_pb2.GetPredictionRequest(prediction_id=PREDICTION_ID),
             logged_prediction(PREDICTION_ID),
         ),
+        (
+            "GET",
+            "/drift/housing",
+            None,
+            admin_pb2.GetDriftReportRequest(model="housing"),
+            drift_report("housing-registered"),
+        ),
+        (
+            "GET",
+            "/quality/IrisBestModel",
+            None,
+            admin_pb2.GetModelQualityRequest(model="IrisBestModel"),
+            model_quality("IrisBestModel-registered"),
+        ),
+        (
+            "PUT",
+            "/models/iris/auto-retrain",
+            {"enabled": False},
+            admin_pb2.SetAutoRetrainRequest(model="iris", enabled=False),
+            admin_pb2.AutoRetrain(name="iris-registered", enabled=False, triggers=["quality", "drift"]),
+        ),
+        (
+            "PUT",
+            "/models/housing/auto-retrain",
+            {"enabled": True},
+            admin_pb2.SetAutoRetrainRequest(model="housing", enabled=True),
+            admin_pb2.AutoRetrain(name="housing-registered", enabled=True, triggers=["quality", "drift"]),
+        ),
+        (
+            "POST",
+            "/feedback",
+            {"items": [{"prediction_id": PREDICTION_ID, "species": "versicolor"}]},
+            admin_pb2.SubmitFeedbackRequest(
+                items=[admin_pb2.FeedbackItem(prediction_id=PREDICTION_ID, species=iris_pb2.IRIS_SPECIES_VERSICOLOR)]
+            ),
+            None,  # FeedbackResult's code has two REST fields: test_feedback_answers_each_item_with_its_status
+        ),
     ],
     ids=lambda case: f"{case[0]} {case[1]}",
 )
@@ -480,6 +532,146 @@ async def test_every_admin_route_converts_both_ways(scripted: ScriptedServer, ca
     assert received.ListFields() == sent.ListFields()
     if answer is not None:
         assert response.json() == rest_json(answer)
+
+
+async def test_the_drift_report_converts_its_statuses_and_empty_windows(scripted: ScriptedServer):
+    async with bridge(scripted.target) as client:
+        response = await client.get("/drift/iris", headers={"authorization": SCRIPTED_AUTHORIZATION})
+    assert response.status_code == 200, response.text
+    champion, challenger = response.json()["versions"]
+    assert (champion["status"], champion["drifted"]) == ("ok", True)
+    assert (champion["oldest_at"], champion["newest_at"]) == ("2023-11-14T22:13:20.250000Z", "2023-11-14T23:13:20Z")
+    assert champion["features"][0] == {"name": "median_income", "psi": 0.31, "drifted": True}
+    assert champion["outputs"] == [{"name": "median_house_value", "psi": 0.12, "drifted": False}]
+    assert challenger["status"] == "insufficient_data"
+    assert (challenger["window_rows"], challenger["oldest_at"], challenger["newest_at"]) == (0, None, None)
+    assert (challenger["features"], challenger["outputs"], challenger["drifted"]) == ([], [], False)
+
+
+async def test_quality_converts_its_metrics_and_confidence(scripted: ScriptedServer):
+    async with bridge(scripted.target) as client:
+        response = await client.get("/quality/iris", headers={"authorization": SCRIPTED_AUTHORIZATION})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["name"], body["window_labels"], body["window_seconds"]) == ("iris-registered", 500, 86_400.0)
+    champion, challenger = body["variants"]
+    assert champion["live"] == {"accuracy": 2 / 3, "recall_setosa": 1.0, "recall_virginica": 0.5}
+    assert champion["training"] == {"accuracy": 0.97, "macro_f1": 0.96}
+    assert [(each["upper_bound"], each["cumulative_count"]) for each in champion["confidence"]] == [
+        (0.5, 0),
+        (0.9, 1),
+        (1.0, 3),
+    ]
+    assert champion["newest_at"] == "2023-11-14T22:28:20.500000Z"
+    assert (challenger["labels"], challenger["live"], challenger["confidence"]) == (0, {}, [])
+    assert (challenger["oldest_at"], challenger["newest_at"]) == (None, None)
+
+
+async def test_feedback_answers_each_item_with_its_status(scripted: ScriptedServer):
+    items = [
+        {"prediction_id": PREDICTION_ID, "value": 2.07},
+        {"prediction_id": RETRIED_ID, "species": "setosa"},
+        {"prediction_id": MISMATCHED_ID, "species": "virginica"},
+        {"prediction_id": UNKNOWN_ID, "value": 0},
+        {"prediction_id": RELABELLED_ID, "value": 3.5},
+    ]
+    async with bridge(scripted.target) as client:
+        response = await client.post(
+            "/feedback", json={"items": items}, headers={"authorization": SCRIPTED_AUTHORIZATION}
+        )
+    assert response.status_code == 200, response.text
+    sent = scripted.script.requests[-1]
+    assert sent == admin_pb2.SubmitFeedbackRequest(
+        items=[
+            admin_pb2.FeedbackItem(prediction_id=PREDICTION_ID, value=2.07),
+            admin_pb2.FeedbackItem(prediction_id=RETRIED_ID, species=iris_pb2.IRIS_SPECIES_SETOSA),
+            admin_pb2.FeedbackItem(prediction_id=MISMATCHED_ID, species=iris_pb2.IRIS_SPECIES_VIRGINICA),
+            admin_pb2.FeedbackItem(prediction_id=UNKNOWN_ID, value=0.0),
+            admin_pb2.FeedbackItem(prediction_id=RELABELLED_ID, value=3.5),
+        ]
+    )
+    assert isinstance(sent, admin_pb2.SubmitFeedbackRequest)
+    # A label of 0 is set all the same: the oneof says which label an item has, not its value.
+    assert [each.WhichOneof("label") for each in sent.items] == ["value", "species", "species", "value", "value"]
+    assert response.json() == {
+        "results": [
+            {
+                "prediction_id": PREDICTION_ID,
+                "status": "OK",
+                "http_status": 200,
+                "recorded": True,
+                "message": "recorded",
+            },
+            {
+                "prediction_id": RETRIED_ID,
+                "status": "OK",
+                "http_status": 200,
+                "recorded": False,
+                "message": "the same label was already recorded",
+            },
+            {
+                "prediction_id": MISMATCHED_ID,
+                "status": "INVALID_ARGUMENT",
+                "http_status": 422,
+                "recorded": False,
+                "message": "a species does not fit a housing prediction",
+            },
+            {
+                "prediction_id": UNKNOWN_ID,
+                "status": "NOT_FOUND",
+                "http_status": 404,
+                "recorded": False,
+                "message": "no logged prediction has this id",
+            },
+            {
+                "prediction_id": RELABELLED_ID,
+                "status": "ALREADY_EXISTS",
+                "http_status": 409,
+                "recorded": False,
+                "message": "the prediction already has the label 2.5",
+            },
+        ]
+    }
+
+
+NEW_ADMIN_ROUTES = [
+    ("GET", "/drift/iris", None),
+    ("POST", "/feedback", {"items": [{"prediction_id": PREDICTION_ID, "value": 1.0}]}),
+    ("GET", "/quality/iris", None),
+    ("PUT", "/models/iris/auto-retrain", {"enabled": False}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), NEW_ADMIN_ROUTES, ids=[f"{m} {p}" for m, p, _ in NEW_ADMIN_ROUTES])
+async def test_drift_feedback_quality_and_auto_retrain_pass_the_authorization_on(
+    scripted: ScriptedServer, method: str, path: str, body: Any
+):
+    async with bridge(scripted.target) as client:
+        authorized = await _send(
+            client, method, path, body, {"authorization": SCRIPTED_AUTHORIZATION, "x-request-id": "admin-call-2"}
+        )
+        assert authorized.status_code == 200, authorized.text
+        assert scripted.script.metadata[-1]["authorization"] == SCRIPTED_AUTHORIZATION
+        assert scripted.script.metadata[-1]["x-request-id"] == "admin-call-2"
+        calls = len(scripted.script.requests)
+        refused = await _send(client, method, path, body)
+        # The bridge refuses nothing itself: the call reached the server, without the header, which refused it.
+        assert len(scripted.script.requests) == calls + 1
+        assert "authorization" not in scripted.script.metadata[-1]
+        _error(refused, 401, "UNAUTHENTICATED")
+        unavailable = await _send(
+            client, method, path, body, {"authorization": SCRIPTED_AUTHORIZATION, "x-request-id": "abort-UNAVAILABLE"}
+        )
+        _error(unavailable, 503, "UNAVAILABLE")
+        # The one status table: a call refused as a whole for a switched-off part (no prediction log) is a 400.
+        off = await _send(
+            client,
+            method,
+            path,
+            body,
+            {"authorization": SCRIPTED_AUTHORIZATION, "x-request-id": "abort-FAILED_PRECONDITION"},
+        )
+        _error(off, 400, "FAILED_PRECONDITION")
 
 
 @pytest.mark.parametrize(
@@ -553,3 +745,97 @@ async def test_a_prediction_can_be_fetched_from_the_log(admin_server: Prediction
     assert row["logged_at"].endswith("Z")
     _error(unauthenticated, 401, "UNAUTHENTICATED")
     assert UNKNOWN_PREDICTION in _error(missing, 404, "NOT_FOUND")
+
+
+async def test_feedback_reaches_quality_and_drift_through_the_real_server():
+    # Iris v3, the champion, was registered with the profile of its training rows: its drift can be measured, and
+    # is once the window holds drift_min_rows rows. Housing's version has no profile.
+    registry = in_memory_registry()
+    model = small_iris_model()
+    rows = load_iris().data.astype(np.float64)
+    profile = reference_profile(rows, model.predict_proba(rows), IRIS_FEATURES, IRIS_SPECIES)
+    registry.register(
+        "IrisBestModel", model, alias="champion", input_names=IRIS_FEATURES, reference_profile=profile.to_json()
+    )
+    with running_server(registry, admin_token=TOKEN, drift_min_rows=3) as server:
+        async with bridge(_target(server)) as client:
+            flowers = [(await client.post("/predict/iris", json=IRIS)).json() for _ in range(3)]
+            house = (await client.post("/predict/housing", json=HOUSE)).json()
+            predicted = flowers[0]["species"]
+            other = next(each for each in IRIS_SPECIES if each != predicted)
+
+            async def logged() -> bool | None:
+                for each in (*flowers, house):
+                    found = await client.get(f"/predictions/{each['prediction_id']}", headers=AUTHORIZED)
+                    if found.status_code != 200:
+                        return None  # the log's writer has not flushed it yet
+                return True
+
+            await _eventually(logged, "the predictions are in the log", timeout=10.0)
+            items = [
+                {"prediction_id": flowers[0]["prediction_id"], "species": predicted},
+                {"prediction_id": flowers[1]["prediction_id"], "species": other},
+                {"prediction_id": house["prediction_id"], "value": 2.0},
+                {"prediction_id": flowers[2]["prediction_id"], "value": 1.0},
+                {"prediction_id": UNKNOWN_PREDICTION, "species": predicted},
+                {"prediction_id": flowers[0]["prediction_id"], "species": predicted},
+                {"prediction_id": flowers[0]["prediction_id"], "species": other},
+            ]
+            feedback = await client.post("/feedback", json={"items": items}, headers=AUTHORIZED)
+            quality = await client.get("/quality/iris", headers=AUTHORIZED)
+            housing_quality = await client.get("/quality/housing", headers=AUTHORIZED)
+
+            async def measured() -> httpx.Response | None:
+                response = await client.get("/drift/iris", headers=AUTHORIZED)
+                return response if response.json()["versions"][0]["window_rows"] == 3 else None
+
+            drift = await _eventually(measured, "the drift window holds the three rows", timeout=10.0)
+            housing_drift = await client.get("/drift/housing", headers=AUTHORIZED)
+        channel, stub = _direct(server)
+        metadata = (("authorization", f"Bearer {TOKEN}"),)
+        with channel:
+            direct_quality = stub.GetModelQuality(admin_pb2.GetModelQualityRequest(model="iris"), metadata=metadata)
+            direct_drift = stub.GetDriftReport(admin_pb2.GetDriftReportRequest(model="iris"), metadata=metadata)
+
+    assert feedback.status_code == 200, feedback.text
+    results = feedback.json()["results"]
+    assert [each["prediction_id"] for each in results] == [each["prediction_id"] for each in items]
+    assert [(each["status"], each["http_status"], each["recorded"]) for each in results] == [
+        ("OK", 200, True),
+        ("OK", 200, True),
+        ("OK", 200, True),
+        ("INVALID_ARGUMENT", 422, False),  # a value for an iris prediction
+        ("NOT_FOUND", 404, False),
+        ("OK", 200, False),  # the same label again: nothing changes
+        ("ALREADY_EXISTS", 409, False),  # another label: the first is kept
+    ]
+    assert all(each["message"] for each in results)
+
+    assert quality.status_code == 200, quality.text
+    assert quality.json() == rest_json(direct_quality)
+    iris = quality.json()
+    assert iris["name"] == "IrisBestModel"
+    (champion,) = iris["variants"]
+    assert (champion["version"], champion["variant"], champion["labels"]) == ("3", "champion", 2)
+    assert champion["live"]["accuracy"] == 0.5  # one label agrees with its prediction, one does not
+    assert champion["confidence"][-1]["cumulative_count"] == 2
+    assert champion["oldest_at"].endswith("Z")
+    assert champion["newest_at"] >= champion["oldest_at"]
+    (housing,) = housing_quality.json()["variants"]
+    assert housing["labels"] == 1
+    assert housing["live"]["rmse"] == pytest.approx(abs(house["median_house_value"] - 2.0))
+    assert housing["confidence"] == []
+
+    assert drift.json() == rest_json(direct_drift)
+    report = drift.json()
+    assert (report["name"], report["min_rows"]) == ("IrisBestModel", 3)
+    (version,) = report["versions"]
+    assert (version["version"], version["variant"], version["status"]) == ("3", "champion", "ok")
+    assert [each["name"] for each in version["features"]] == list(IRIS_FEATURES)
+    assert [each["name"] for each in version["outputs"]] == list(IRIS_SPECIES)
+    # Three copies of one flower against the spread of the training rows: every feature has drifted.
+    assert all(each["drifted"] and each["psi"] > report["threshold"] for each in version["features"])
+    assert version["drifted"] is True
+    assert version["oldest_at"] <= version["newest_at"]
+    (unprofiled,) = housing_drift.json()["versions"]
+    assert (unprofiled["status"], unprofiled["features"], unprofiled["window_rows"]) == ("no_reference_profile", [], 1)

@@ -12,7 +12,7 @@ from protos.prediction.v1 import admin_pb2, housing_pb2, iris_pb2, model_pb2
 from rest_bridge import converters, schemas
 
 from .conftest import HOUSE, IRIS, rest_json
-from .scripted_server import finished_operation, logged_prediction, registered_versions
+from .scripted_server import drift_report, finished_operation, logged_prediction, model_quality, registered_versions
 
 VERSION = model_pb2.ModelVersion(name="IrisBestModel", version="3", alias="champion", run_id="abc", variant="champion")
 PREDICTION_ID = "0192f0c4-7b1e-7c3a-9d2e-4f5a6b7c8d9e"
@@ -171,6 +171,18 @@ def test_model_info_carries_the_challenger_and_the_split():
         admin_pb2.TrafficSplit(name="IrisBestModel"),
         logged_prediction(PREDICTION_ID),
         admin_pb2.LoggedPrediction(prediction_id=PREDICTION_ID, logged_at=Timestamp()),
+        admin_pb2.Operation(
+            state=admin_pb2.OPERATION_STATE_RUNNING,
+            trigger="quality",
+            created_at=Timestamp(seconds=1_700_000_000),
+            trigger_reason="live rmse 0.61 > training rmse 0.44 + 10% for 600 s",
+        ),
+        drift_report("CaliforniaHousingBestModel"),
+        admin_pb2.DriftReport(name="IrisBestModel"),
+        model_quality("IrisBestModel"),
+        admin_pb2.ModelQuality(name="IrisBestModel"),
+        admin_pb2.AutoRetrain(name="IrisBestModel", enabled=True, triggers=["quality", "drift", "schedule"]),
+        admin_pb2.AutoRetrain(name="IrisBestModel"),
     ],
     ids=lambda message: type(message).__name__,
 )
@@ -182,6 +194,9 @@ def test_admin_answers_convert_field_for_field(message):
         admin_pb2.AliasChange: converters.alias_change_from_proto,
         admin_pb2.TrafficSplit: converters.traffic_split_from_proto,
         admin_pb2.LoggedPrediction: converters.logged_prediction_from_proto,
+        admin_pb2.DriftReport: converters.drift_report_from_proto,
+        admin_pb2.ModelQuality: converters.quality_from_proto,
+        admin_pb2.AutoRetrain: converters.auto_retrain_from_proto,
     }
     assert by_type[type(message)](message).model_dump(mode="json") == rest_json(message)
 
@@ -253,3 +268,65 @@ def test_logged_prediction_timestamps_and_maps():
     assert logged.inputs["sepal_length_cm"] == 5.1
     assert logged.output == {"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03}
     assert (logged.variant, logged.routing_key) == ("challenger", "user-42")
+
+
+def test_drift_statuses_and_empty_windows():
+    for number, name in ((1, "ok"), (2, "insufficient_data"), (3, "no_reference_profile")):
+        assert converters.drift_status_from_proto(number) == schemas.DriftStatus(name)
+    with pytest.raises(converters.UnexpectedResponseError):
+        converters.drift_status_from_proto(admin_pb2.DRIFT_STATUS_UNSPECIFIED)
+    empty = converters.version_drift_from_proto(
+        admin_pb2.VersionDrift(version="1", status=admin_pb2.DRIFT_STATUS_INSUFFICIENT_DATA, window_capacity=1000)
+    )
+    assert (empty.oldest_at, empty.newest_at, empty.window_rows) == (None, None, 0)
+    full = converters.drift_report_from_proto(drift_report("CaliforniaHousingBestModel")).model_dump(mode="json")
+    assert full["versions"][0]["oldest_at"] == "2023-11-14T22:13:20.250000Z"
+    assert full["versions"][0]["features"][0] == {"name": "median_income", "psi": 0.31, "drifted": True}
+
+
+def test_feedback_requests_set_the_one_label_given():
+    body = schemas.SubmitFeedbackRequest.model_validate(
+        {
+            "items": [
+                {"prediction_id": PREDICTION_ID, "value": 0},
+                {"prediction_id": PREDICTION_ID, "species": "versicolor"},
+                {"prediction_id": PREDICTION_ID, "value": -1.5},
+            ]
+        }
+    )
+    message = converters.feedback_to_proto(body)
+    assert [each.WhichOneof("label") for each in message.items] == ["value", "species", "value"]
+    assert message.items[0].value == 0.0
+    assert message.items[1].species == iris_pb2.IRIS_SPECIES_VERSICOLOR
+    assert message.items[2].value == -1.5
+    assert {each.prediction_id for each in message.items} == {PREDICTION_ID}
+
+
+def test_feedback_results_carry_their_code_and_its_http_status():
+    answer = admin_pb2.SubmitFeedbackResponse(
+        results=[
+            admin_pb2.FeedbackResult(prediction_id="a", code=admin_pb2.FEEDBACK_CODE_OK, recorded=True, message="ok"),
+            admin_pb2.FeedbackResult(prediction_id="b", code=admin_pb2.FEEDBACK_CODE_INVALID_ARGUMENT, message="m"),
+            admin_pb2.FeedbackResult(prediction_id="c", code=admin_pb2.FEEDBACK_CODE_NOT_FOUND),
+            admin_pb2.FeedbackResult(prediction_id="d", code=admin_pb2.FEEDBACK_CODE_ALREADY_EXISTS),
+        ]
+    )
+    results = converters.feedback_from_proto(answer).model_dump(mode="json")["results"]
+    assert results == [
+        {"prediction_id": "a", "status": "OK", "http_status": 200, "recorded": True, "message": "ok"},
+        {"prediction_id": "b", "status": "INVALID_ARGUMENT", "http_status": 422, "recorded": False, "message": "m"},
+        {"prediction_id": "c", "status": "NOT_FOUND", "http_status": 404, "recorded": False, "message": ""},
+        {"prediction_id": "d", "status": "ALREADY_EXISTS", "http_status": 409, "recorded": False, "message": ""},
+    ]
+    with pytest.raises(converters.UnexpectedResponseError):
+        converters.feedback_result_from_proto(admin_pb2.FeedbackResult(prediction_id="e", code=9))  # type: ignore[arg-type]
+
+
+def test_auto_retrain_request():
+    off = converters.set_auto_retrain_to_proto("iris", schemas.SetAutoRetrainBody(enabled=False))
+    assert off == admin_pb2.SetAutoRetrainRequest(model="iris", enabled=False)
+    on = converters.set_auto_retrain_to_proto("housing", schemas.SetAutoRetrainBody.model_validate({"enabled": True}))
+    assert (on.model, on.enabled) == ("housing", True)
+    for bad in ({"enabled": "true"}, {"enabled": 1}, {}, {"enabled": True, "extra": 1}):
+        with pytest.raises(ValidationError):
+            schemas.SetAutoRetrainBody.model_validate(bad)

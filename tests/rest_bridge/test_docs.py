@@ -73,6 +73,10 @@ async def test_the_schema_documents_every_route_and_the_error_body(client):
         "/models/{model}/rollback",
         "/models/{model}/traffic",
         "/predictions/{prediction_id}",
+        "/drift/{model}",
+        "/feedback",
+        "/quality/{model}",
+        "/models/{model}/auto-retrain",
     }
     predict = schema["paths"]["/predict/iris"]["post"]
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
@@ -107,6 +111,10 @@ async def test_admin_operations_declare_the_bearer_token_and_no_other_does(clien
         ("post", "/models/{model}/rollback"),
         ("put", "/models/{model}/traffic"),
         ("get", "/predictions/{prediction_id}"),
+        ("get", "/drift/{model}"),
+        ("post", "/feedback"),
+        ("get", "/quality/{model}"),
+        ("put", "/models/{model}/auto-retrain"),
     }
     for verb, path in secured:
         operation = schema["paths"][path][verb]
@@ -115,6 +123,16 @@ async def test_admin_operations_declare_the_bearer_token_and_no_other_does(clien
         for status in ("401", "403"):
             error = operation["responses"][status]["content"]["application/json"]["schema"]
             assert error == {"$ref": "#/components/schemas/ErrorResponse"}
+    # Routes whose server part can be off document its 400 (FAILED_PRECONDITION), as a rollback documents its own.
+    for verb, path in (
+        ("get", "/drift/{model}"),
+        ("post", "/feedback"),
+        ("get", "/quality/{model}"),
+        ("put", "/models/{model}/auto-retrain"),
+    ):
+        refused = schema["paths"][path][verb]["responses"]["400"]
+        assert "FAILED_PRECONDITION" in refused["description"], path
+        assert refused["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
     assert "202" in schema["paths"]["/retrain"]["post"]["responses"]
     # The header is documented by the scheme, not as a parameter the client fills in by hand.
     parameters = [p for ops in schema["paths"].values() for op in ops.values() for p in op.get("parameters", [])]

@@ -30,10 +30,11 @@ from .scripted_server import SCRIPTED_AUTHORIZATION, ScriptedServer
 
 EXAMPLES_PER_OPERATION = 30
 TOKEN = "fuzz-token"  # noqa: S105 - a test token
-ADMIN_PATHS = r"^/(retrain|operations|predictions|models/\{model\}/)"
+ADMIN_PATHS = r"^/(retrain|operations|predictions|drift|feedback|quality|models/\{model\}/)"
 # Admin input that fits the schema can still be refused by the server, which alone knows what exists: an
 # unknown model or hyper-parameter (422), no earlier version to roll back to (400), an unknown operation or
-# version (404), an alias that moved or a retrain already running (409).
+# version (404), an alias that moved or a retrain already running (409); automated retraining switched on a server
+# with no trigger configured (400).
 SERVER_REFUSALS = ["2xx", "400", "401", "403", "404", "409", "422"]
 
 
@@ -78,7 +79,7 @@ def test_no_input_yields_a_server_error(default_server: PredictionServer, mode: 
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json", app, config=SchemathesisConfig.from_dict({"operations": [refusals]})
     )
-    assert _fuzz(schema, mode, f"Bearer {TOKEN}") == 17
+    assert _fuzz(schema, mode, f"Bearer {TOKEN}") == 21
 
 
 def test_admin_routes_accept_every_input_their_schema_accepts(scripted: ScriptedServer) -> None:
@@ -86,4 +87,4 @@ def test_admin_routes_accept_every_input_their_schema_accepts(scripted: Scripted
     # bridge's own: a schema that promises more than the bridge takes.
     app = create_app(BridgeSettings(grpc_target=scripted.target), CollectorRegistry())
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=SchemathesisConfig())
-    assert _fuzz(schema.include(path_regex=ADMIN_PATHS), GenerationMode.POSITIVE, SCRIPTED_AUTHORIZATION) == 8
+    assert _fuzz(schema.include(path_regex=ADMIN_PATHS), GenerationMode.POSITIVE, SCRIPTED_AUTHORIZATION) == 12

@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
 from prometheus_client import CollectorRegistry
@@ -14,7 +15,14 @@ from pydantic import BaseModel, ValidationError
 from protos.prediction.v1 import admin_pb2, housing_pb2, iris_pb2, model_pb2
 from rest_bridge import schemas
 from rest_bridge.app import create_app
-from rest_bridge.converters import DECISION_TO_PROTO, SPECIES_TO_PROTO, STATE_TO_PROTO
+from rest_bridge.converters import (
+    DECISION_TO_PROTO,
+    DRIFT_STATUS_TO_PROTO,
+    FEEDBACK_CODE_TO_PROTO,
+    SPECIES_TO_PROTO,
+    STATE_TO_PROTO,
+)
+from rest_bridge.errors import http_status_for
 from rest_bridge.settings import BridgeSettings
 from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE
 
@@ -38,6 +46,11 @@ EXPOSED: list[tuple[Descriptor, type[BaseModel]]] = [
     (admin_pb2.AliasChange.DESCRIPTOR, schemas.AliasChange),
     (admin_pb2.TrafficSplit.DESCRIPTOR, schemas.TrafficSplit),
     (admin_pb2.LoggedPrediction.DESCRIPTOR, schemas.LoggedPrediction),
+    (admin_pb2.DriftReport.DESCRIPTOR, schemas.DriftReport),
+    (admin_pb2.SubmitFeedbackRequest.DESCRIPTOR, schemas.SubmitFeedbackRequest),
+    (admin_pb2.SubmitFeedbackResponse.DESCRIPTOR, schemas.SubmitFeedbackResponse),
+    (admin_pb2.ModelQuality.DESCRIPTOR, schemas.ModelQuality),
+    (admin_pb2.AutoRetrain.DESCRIPTOR, schemas.AutoRetrain),
 ]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"]
 # Each admin route and its gRPC method: the route's path, query and body fields together are the request
@@ -51,6 +64,10 @@ ADMIN_ROUTES: dict[tuple[str, str], MethodDescriptor] = {
     ("post", "/models/{model}/rollback"): ADMIN.methods_by_name["Rollback"],
     ("put", "/models/{model}/traffic"): ADMIN.methods_by_name["SetTrafficSplit"],
     ("get", "/predictions/{prediction_id}"): ADMIN.methods_by_name["GetPrediction"],
+    ("get", "/drift/{model}"): ADMIN.methods_by_name["GetDriftReport"],
+    ("post", "/feedback"): ADMIN.methods_by_name["SubmitFeedback"],
+    ("get", "/quality/{model}"): ADMIN.methods_by_name["GetModelQuality"],
+    ("put", "/models/{model}/auto-retrain"): ADMIN.methods_by_name["SetAutoRetrain"],
 }
 SERVICES = [
     *housing_pb2.DESCRIPTOR.services_by_name.values(),
@@ -64,7 +81,11 @@ ENUMS: dict[type[Enum], tuple[str, dict[Any, int]]] = {
     schemas.IrisSpecies: ("prediction.v1.IrisSpecies", dict(SPECIES_TO_PROTO)),
     schemas.OperationState: ("prediction.v1.OperationState", dict(STATE_TO_PROTO)),
     schemas.GateDecision: ("prediction.v1.GateDecision", dict(DECISION_TO_PROTO)),
+    schemas.DriftStatus: ("prediction.v1.DriftStatus", dict(DRIFT_STATUS_TO_PROTO)),
 }
+# Proto fields the REST model spells differently (documented in rest_bridge.schemas): FeedbackResult.code is the
+# name of its gRPC code and the HTTP status of that code.
+RENAMED = {"prediction.v1.FeedbackResult.code": ("status", "http_status")}
 SCALARS = {
     FieldDescriptor.TYPE_DOUBLE: float,
     FieldDescriptor.TYPE_FLOAT: float,
@@ -135,7 +156,8 @@ def _check_type(field: FieldDescriptor, rest: object, path: str, seen: set[str],
         assert issubclass(inner, BaseModel), path
         _check_message(field.message_type, inner, path, seen, answer=answer)
     elif field.enum_type is not None:
-        assert optional == (field.full_name in NULLABLE_ENUM_FIELDS), path
+        # An enum in a oneof (FeedbackItem.species) has presence: null, or rather absent, when the other is set.
+        assert optional == (field.full_name in NULLABLE_ENUM_FIELDS or field.has_presence), path
         _check_enum(field.enum_type, inner)
     else:
         assert inner is SCALARS[field.type], path
@@ -147,9 +169,28 @@ def _check_message(
     if answer is None:
         answer = descriptor.full_name in ANSWERS
     seen.add(descriptor.full_name)
-    assert set(model.model_fields) == set(descriptor.fields_by_name), f"{path}: {model.__name__} fields differ"
+    expected = set(descriptor.fields_by_name)
+    for field in descriptor.fields:
+        expected = expected - {field.name} | set(RENAMED.get(field.full_name, (field.name,)))
+    assert set(model.model_fields) == expected, f"{path}: {model.__name__} fields differ"
     for name, field in descriptor.fields_by_name.items():
+        if field.full_name in RENAMED:
+            _check_renamed(field, model)
+            continue
         _check_type(field, model.model_fields[name].annotation, f"{path}.{name}", seen, answer=answer)
+
+
+def _check_renamed(field: FieldDescriptor, model: type[BaseModel]) -> None:
+    # FeedbackResult.code: every FeedbackCode (its zero value too, which means OK) has a name, the gRPC code's.
+    name, http_status = RENAMED[field.full_name]
+    assert model.model_fields[name].annotation is schemas.FeedbackCode
+    assert model.model_fields[http_status].annotation is int
+    assert field.enum_type is not None
+    assert field.enum_type.full_name == "prediction.v1.FeedbackCode"
+    assert set(FEEDBACK_CODE_TO_PROTO) == set(schemas.FeedbackCode)
+    assert set(FEEDBACK_CODE_TO_PROTO.values()) == {value.number for value in field.enum_type.values}
+    for code, number in FEEDBACK_CODE_TO_PROTO.items():
+        assert field.enum_type.values_by_number[number].name == enum_prefix(field.enum_type) + code.value
 
 
 @pytest.mark.parametrize(("descriptor", "model"), EXPOSED, ids=lambda each: getattr(each, "name", ""))
@@ -191,6 +232,7 @@ def test_every_field_of_an_admin_request_is_in_its_route_and_back(route: tuple[s
     [
         (admin_pb2.SetAliasRequest.DESCRIPTOR, schemas.SetAliasBody, {"model", "alias"}),
         (admin_pb2.SetTrafficSplitRequest.DESCRIPTOR, schemas.SetTrafficSplitBody, {"model"}),
+        (admin_pb2.SetAutoRetrainRequest.DESCRIPTOR, schemas.SetAutoRetrainBody, {"model"}),
     ],
     ids=lambda each: getattr(each, "name", ""),
 )
@@ -239,3 +281,35 @@ def test_request_models_are_strict():
             schemas.IrisFeatures.model_validate({**flower, "sepal_width_cm": bad})
     with pytest.raises(ValidationError):
         schemas.IrisFeatures.model_validate({**flower, "extra": 1})
+
+
+def test_feedback_codes_are_grpc_codes_of_the_same_name():
+    # The proto promises FeedbackCode's numbers are gRPC's; the bridge names each by its gRPC code and gives it the
+    # HTTP status of the one table.
+    for code, number in FEEDBACK_CODE_TO_PROTO.items():
+        grpc_code = grpc.StatusCode[code.value]
+        assert grpc_code.value[0] == number
+    assert {code: http_status_for(grpc.StatusCode[code.value]) for code in schemas.FeedbackCode} == {
+        schemas.FeedbackCode.OK: 200,
+        schemas.FeedbackCode.INVALID_ARGUMENT: 422,
+        schemas.FeedbackCode.NOT_FOUND: 404,
+        schemas.FeedbackCode.ALREADY_EXISTS: 409,
+    }
+
+
+def test_a_feedback_item_documents_exactly_one_label():
+    # The JSON schema says what the model enforces, so that schemathesis' valid items are valid to the bridge.
+    item = schemas.FeedbackItem.model_json_schema()
+    assert item["oneOf"] == [{"required": ["value"]}, {"required": ["species"]}]
+    assert item["required"] == ["prediction_id"]
+    assert item["additionalProperties"] is False
+    assert item["properties"]["value"]["type"] == "number"
+    assert item["properties"]["species"]["$ref"].endswith("/IrisSpecies")
+    for label in ("value", "species"):
+        assert "anyOf" not in item["properties"][label], f"{label} is documented as nullable"
+        assert "default" not in item["properties"][label]
+    items = schemas.SubmitFeedbackRequest.model_json_schema()["properties"]["items"]
+    assert (items["minItems"], items["maxItems"]) == (1, 1000)
+    assert schemas.SubmitFeedbackRequest.model_validate(
+        schemas.SubmitFeedbackRequest.model_json_schema()["examples"][0]
+    )

@@ -159,3 +159,120 @@ async def test_a_hyperparameter_name_that_is_no_text_is_refused(scripted: Script
         )
     assert response.status_code == 422, response.text
     assert response.json()["error"]["details"][0]["field"].startswith("hyperparameters.")
+
+
+FEEDBACK_ID = "0192f0c4-7b1e-7c3a-9d2e-4f5a6b7c8d9e"
+LABELLED = {"prediction_id": FEEDBACK_ID, "value": 2.1}
+
+
+def _feedback(*items: object) -> dict[str, object]:
+    return {"items": list(items)}
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        (_feedback({"prediction_id": FEEDBACK_ID, "value": 2.1, "species": "setosa"}), ["items[0]"]),
+        (_feedback({"prediction_id": FEEDBACK_ID}), ["items[0]"]),
+        (_feedback(LABELLED, {"prediction_id": FEEDBACK_ID, "value": 1, "species": "virginica"}), ["items[1]"]),
+        (_feedback({"prediction_id": FEEDBACK_ID, "value": None, "species": "setosa"}), ["items[0].value"]),
+        (_feedback({"prediction_id": FEEDBACK_ID, "value": 2.1, "species": None}), ["items[0].species"]),
+        (_feedback({"prediction_id": FEEDBACK_ID, "species": "rose"}), ["items[0].species"]),
+        (_feedback({"prediction_id": FEEDBACK_ID, "species": "Setosa"}), ["items[0].species"]),
+        (_feedback({"prediction_id": FEEDBACK_ID, "species": 1}), ["items[0].species"]),
+        (_feedback({"prediction_id": FEEDBACK_ID, "value": "2.1"}), ["items[0].value"]),
+        (_feedback({"prediction_id": FEEDBACK_ID, "value": True}), ["items[0].value"]),
+        (_feedback({"prediction_id": "not-a-uuid", "value": 2.1}), ["items[0].prediction_id"]),
+        (_feedback({"prediction_id": FEEDBACK_ID + "x", "value": 2.1}), ["items[0].prediction_id"]),
+        (_feedback({"prediction_id": FEEDBACK_ID.replace("-", ""), "value": 2.1}), ["items[0].prediction_id"]),
+        (_feedback({"prediction_id": FEEDBACK_ID + "\n", "value": 2.1}), ["items[0].prediction_id"]),
+        (_feedback({"value": 2.1}), ["items[0].prediction_id"]),
+        (_feedback({**LABELLED, "colour": "blue"}), ["items[0].colour"]),
+        (_feedback(), ["items"]),
+        (_feedback(*[LABELLED] * 1001), ["items"]),
+        ({}, ["items"]),
+        ({"items": LABELLED}, ["items"]),
+        ({"items": [LABELLED], "extra": 1}, ["extra"]),
+    ],
+    ids=[
+        "both labels",
+        "no label",
+        "both labels in the second item",
+        "a null value",
+        "a null species",
+        "an unknown species",
+        "a species in the wrong case",
+        "a species by number",
+        "a value as a string",
+        "a value as a boolean",
+        "a prediction id that is no uuid",
+        "a prediction id with a tail",
+        "a prediction id without dashes",
+        "a prediction id with a newline",
+        "no prediction id",
+        "an unknown field of an item",
+        "no items",
+        "1001 items",
+        "no items field",
+        "items that are no list",
+        "an unknown field",
+    ],
+)
+async def test_bad_feedback_is_refused_before_the_server_sees_it(
+    scripted: ScriptedServer, body: object, fields: list[str]
+):
+    calls = len(scripted.script.requests)
+    async with bridge(scripted.target) as client:
+        response = await client.post("/feedback", json=body, headers=ADMIN_HEADERS)
+    assert _fields(response) == fields
+    assert len(scripted.script.requests) == calls
+
+
+async def test_feedback_labels_are_exactly_one_and_at_most_1000(scripted: ScriptedServer):
+    async with bridge(scripted.target) as client:
+        both = await client.post("/feedback", json=_feedback({**LABELLED, "species": "setosa"}), headers=ADMIN_HEADERS)
+        too_many = await client.post("/feedback", json=_feedback(*[LABELLED] * 1001), headers=ADMIN_HEADERS)
+        most = await client.post("/feedback", json=_feedback(*[LABELLED] * 1000), headers=ADMIN_HEADERS)
+    assert both.json()["error"]["message"] == "items[0]: Exactly one of value (housing) or species (iris) should be set"
+    assert "at most 1000" in too_many.json()["error"]["message"]
+    assert most.status_code == 200, most.text
+    assert len(most.json()["results"]) == 1000
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+async def test_a_non_finite_feedback_value_is_refused(scripted: ScriptedServer, literal: str):
+    calls = len(scripted.script.requests)
+    async with bridge(scripted.target) as client:
+        response = await client.post(
+            "/feedback",
+            content=f'{{"items": [{{"prediction_id": "{FEEDBACK_ID}", "value": {literal}}}]}}',
+            headers={**ADMIN_HEADERS, "content-type": "application/json"},
+        )
+    assert _fields(response) == ["items[0].value"]
+    assert len(scripted.script.requests) == calls
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("GET", "/drift/bad%20name", None, "model"),
+        ("GET", f"/drift/{LONG_NAME}", None, "model"),
+        ("GET", "/quality/-iris", None, "model"),
+        ("GET", "/quality/iris%0A", None, "model"),
+        ("PUT", "/models/bad%20name/auto-retrain", {"enabled": True}, "model"),
+        ("PUT", "/models/iris/auto-retrain", {}, "enabled"),
+        ("PUT", "/models/iris/auto-retrain", {"enabled": "false"}, "enabled"),
+        ("PUT", "/models/iris/auto-retrain", {"enabled": 0}, "enabled"),
+        ("PUT", "/models/iris/auto-retrain", {"enabled": None}, "enabled"),
+        ("PUT", "/models/iris/auto-retrain", {"enabled": True, "triggers": ["drift"]}, "triggers"),
+        ("PUT", "/models/iris/auto-retrain", None, ""),
+    ],
+)
+async def test_bad_drift_quality_and_auto_retrain_input_is_refused(
+    scripted: ScriptedServer, method: str, path: str, body: object, field: str
+):
+    calls = len(scripted.script.requests)
+    async with bridge(scripted.target) as client:
+        response = await client.request(method, path, json=body, headers=ADMIN_HEADERS)
+    assert _fields(response) == [field]
+    assert len(scripted.script.requests) == calls

@@ -1,8 +1,11 @@
 """Fixtures that start real servers on 127.0.0.1 port 0."""
 
+import os
+import sqlite3
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 
 import grpc
@@ -14,8 +17,18 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from data.schema import HOUSING_FEATURES, IRIS_FEATURES
 from model_registry import ModelRegistry
 from model_registry.memory import InMemoryRegistry
+from model_registry.mlflow import MlflowRegistry
 from server.app import PredictionServer, build_server
 from server.settings import ServerSettings
+from training.settings import TrainingSettings
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
 
 
 def server_settings(**overrides: object) -> ServerSettings:
@@ -95,3 +108,42 @@ def in_memory_registry(*, housing: bool = True, iris: bool = True) -> InMemoryRe
         registry.register("IrisBestModel", small_iris_model(), input_names=IRIS_FEATURES)
         registry.register("IrisBestModel", small_iris_model(), alias="champion", input_names=IRIS_FEATURES)
     return registry
+
+
+@pytest.fixture
+def registry_copy(tmp_path: Path, trained_registry: TrainingSettings) -> TrainingSettings:
+    db = tmp_path / "mlflow.db"
+    # SQLite's backup API, not a file copy: it includes what a write-ahead log still holds.
+    with (
+        closing(sqlite3.connect(trained_registry.mlflow_tracking_uri.removeprefix("sqlite:///"))) as source,
+        closing(sqlite3.connect(db)) as target,
+    ):
+        source.backup(target)
+    return trained_registry.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{db}"})
+
+
+@pytest.fixture
+def retrain_env(registry_copy: TrainingSettings, offline_data_home: Path, tmp_path: Path) -> dict[str, str]:
+    """What a retrain child needs: the data, cheap models, floors that let them through."""
+    return {
+        "PATH": os.environ["PATH"],
+        "SCIKIT_LEARN_DATA": str(offline_data_home),
+        "TRAINING_DATA_DIR": str(registry_copy.data_dir),
+        "TRAINING_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "TRAINING_ALLOW_DOWNLOAD": "false",
+        "TRAINING_MAX_ROWS": str(registry_copy.max_rows),
+        "TRAINING_HOUSING_MAX_ITER": str(registry_copy.housing_max_iter),
+        "TRAINING_HOUSING_MAX_RMSE": "10",
+        "TRAINING_IRIS_MIN_ACCURACY": "0.5",
+        "GRPC_VERBOSITY": "ERROR",
+    }
+
+
+def mlflow_server_on(uri: str, **overrides: object) -> AbstractContextManager[PredictionServer]:
+    """A server on the registry at ``uri``; its settings name it too, so that retrain children write there."""
+    return running_server(
+        MlflowRegistry(uri),
+        mlflow_tracking_uri=uri,
+        mlflow_registry_uri=uri,
+        **overrides,  # type: ignore[arg-type]
+    )

@@ -1,7 +1,6 @@
 """The admin service over gRPC: who may call it, versions, promotion, compare-and-set and rollback."""
 
 import logging
-import time
 from collections.abc import Callable
 
 import grpc
@@ -9,18 +8,11 @@ import pytest
 
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, iris_pb2, iris_pb2_grpc
 
-from .conftest import channel_to, in_memory_registry, running_server
+from .conftest import channel_to, in_memory_registry, running_server, wait_until
 
 TOKEN = "s3cret-admin-token"  # noqa: S105 - a test credential
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2)
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
 
 
 def _code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
@@ -117,11 +109,11 @@ def test_promotion_is_served_at_once_and_rollback_walks_back():
             "1",
             "2",
         )
-        _until(lambda: _served_iris(channel) == "1", "version 1 is served")
+        wait_until(lambda: _served_iris(channel) == "1", "version 1 is served")
 
         back = admin.Rollback(admin_pb2.RollbackRequest(model="iris"), metadata=AUTH)
         assert (back.version, back.previous_version) == ("2", "1")
-        _until(lambda: _served_iris(channel) == "2", "version 2 is served again")
+        wait_until(lambda: _served_iris(channel) == "2", "version 2 is served again")
 
         code, details = _code(lambda: admin.Rollback(admin_pb2.RollbackRequest(model="iris"), metadata=AUTH))
         assert code == grpc.StatusCode.FAILED_PRECONDITION

@@ -8,6 +8,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
+from data.transforms import RotatedCoordinates
 from model_registry import LoadedArtifact
 from model_registry.memory import InMemoryRegistry
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
@@ -53,6 +54,24 @@ def test_values_exactly_on_a_threshold_go_the_same_way(regressor):
     rows = np.zeros((len(splits), 8))
     rows[np.arange(len(splits)), splits["feature_idx"]] = splits["num_threshold"]
     assert np.array_equal(compiled.predict(rows), regressor.predict(rows))
+
+
+def test_a_forest_behind_rotated_coordinates_is_compiled_with_the_transform_and_stays_exact(training_data):
+    features, target = training_data
+    features = features.copy()
+    features[:, 6] = 34 + features[:, 6]  # latitude-like
+    features[:, 7] = -118 + features[:, 7]  # longitude-like
+    pipeline = Pipeline(
+        [("coordinates", RotatedCoordinates()), ("regressor", HistGradientBoostingRegressor(max_iter=30))]
+    ).fit(features, target)
+    fast = compile_fast_path(pipeline, "predict")
+    assert fast is not None
+    rows = features[:300] * np.random.default_rng(4).uniform(0.9, 1.1, size=(300, 8))
+    assert np.array_equal(fast(rows), pipeline.predict(rows))
+    assert fast(rows[:1])[0] == pipeline.predict(rows[:1])[0]
+    # Only known transforms run as they are; anything else in front of the forest stays on scikit-learn.
+    scaled = Pipeline([("scale", MinMaxScaler()), ("regressor", HistGradientBoostingRegressor(max_iter=5))])
+    assert compile_fast_path(scaled.fit(features, target), "predict") is None
 
 
 def test_unsupported_estimators_stay_on_scikit_learn(training_data):

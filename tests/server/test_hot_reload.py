@@ -3,7 +3,6 @@
 import logging
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 
@@ -17,7 +16,7 @@ from server.app import PredictionServer
 from server.domain import Deployment, LoadedModel, ModelDescription, ModelVersionRef
 from server.model_store import ModelSlot, ModelStore
 
-from .conftest import channel_to, in_memory_registry, running_server, small_housing_model
+from .conftest import channel_to, in_memory_registry, running_server, small_housing_model, wait_until
 from .test_metrics import _scrape, _value
 
 HOUSING_NAME = "CaliforniaHousingBestModel"
@@ -33,13 +32,6 @@ HOUSE = housing_pb2.HousingFeatures(
     longitude=-118,
 )
 FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2)
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
 
 
 def _info(channel: grpc.Channel) -> model_pb2.ModelInfo:
@@ -64,7 +56,7 @@ def test_an_alias_moved_by_another_writer_is_served_within_the_poll_interval():
         assert stub.Predict(HOUSE).model.version == "1"
         version = registry.register(HOUSING_NAME, _constant_model(2.5), input_names=HOUSING_FEATURES)
         registry.set_alias(HOUSING_NAME, "champion", version, expected="1")
-        _until(lambda: stub.Predict(HOUSE).model.version == "2", "version 2 is served")
+        wait_until(lambda: stub.Predict(HOUSE).model.version == "2", "version 2 is served")
         assert stub.Predict(HOUSE).median_house_value == 2.5
         assert server.metrics_port is not None
         assert _value(_scrape(server.metrics_port), "model_swaps_total", service=HOUSING_SERVICE) == 1
@@ -106,7 +98,7 @@ def test_no_call_fails_while_versions_are_swapped_under_concurrent_load():
                 registry.set_alias(HOUSING_NAME, "champion", target, expected=current)
                 server.watcher.nudge()
                 current = target
-                _until(partial(_serves, server, target), f"version {target} is served")
+                wait_until(partial(_serves, server, target), f"version {target} is served")
                 time.sleep(0.05)
         finally:
             stop.set()
@@ -128,7 +120,7 @@ def test_a_version_with_the_wrong_features_is_refused_and_the_old_one_keeps_serv
         with caplog.at_level(logging.ERROR, logger="server.lifecycle"):
             bad = registry.register(HOUSING_NAME, five_columns, input_names=HOUSING_FEATURES[:5])
             registry.set_alias(HOUSING_NAME, "champion", bad, expected="1")
-            _until(lambda: _info(channel).last_load_failure.version == bad, "the bad version is refused")
+            wait_until(lambda: _info(channel).last_load_failure.version == bad, "the bad version is refused")
             time.sleep(0.5)  # about ten more polls: the refused version must not be loaded again
         info = _info(channel)
         assert info.model.version == "1"
@@ -143,7 +135,7 @@ def test_a_version_with_the_wrong_features_is_refused_and_the_old_one_keeps_serv
         # The alias moves on to a good version: it is served and the failure is cleared.
         good = registry.register(HOUSING_NAME, small_housing_model(), input_names=HOUSING_FEATURES)
         registry.set_alias(HOUSING_NAME, "champion", good, expected=bad)
-        _until(lambda: _info(channel).model.version == good, "the good version is served")
+        wait_until(lambda: _info(channel).model.version == good, "the good version is served")
         assert not _info(channel).HasField("last_load_failure")
 
 
@@ -153,7 +145,7 @@ def test_a_version_without_a_signature_is_checked_by_its_column_count():
     with running_server(registry, model_poll_seconds=0.05) as server, channel_to(server) as channel:
         bad = registry.register(HOUSING_NAME, five_columns)
         registry.set_alias(HOUSING_NAME, "champion", bad, expected="1")
-        _until(lambda: _info(channel).last_load_failure.version == bad, "the bad version is refused")
+        wait_until(lambda: _info(channel).last_load_failure.version == bad, "the bad version is refused")
         assert _info(channel).last_load_failure.message.endswith("takes 5 features; the service sends 8")
         assert server.store.get(ModelSlot.HOUSING).champion.description.ref.version == "1"
 
@@ -163,7 +155,7 @@ def test_a_version_whose_artifacts_are_missing_is_refused():
     with running_server(registry, model_poll_seconds=0.05) as server, channel_to(server) as channel:
         missing = registry.register(HOUSING_NAME, small_housing_model(), loadable=False)
         registry.set_alias(HOUSING_NAME, "champion", missing, expected="1")
-        _until(lambda: _info(channel).last_load_failure.version == missing, "the broken version is refused")
+        wait_until(lambda: _info(channel).last_load_failure.version == missing, "the broken version is refused")
         assert _info(channel).last_load_failure.reason == "artifact"
         assert housing_pb2_grpc.HousingPredictorStub(channel).Predict(HOUSE).model.version == "1"
         assert server.metrics_port is not None
@@ -183,7 +175,7 @@ def test_an_iris_version_with_other_classes_is_refused():
         registry.set_alias("IrisBestModel", "champion", bad, expected="2")
         info = iris_pb2_grpc.IrisClassifierStub(channel).GetModelInfo
 
-        _until(lambda: info(model_pb2.GetModelInfoRequest()).last_load_failure.reason == "classes", "refused")
+        wait_until(lambda: info(model_pb2.GetModelInfoRequest()).last_load_failure.reason == "classes", "refused")
         assert iris_pb2_grpc.IrisClassifierStub(channel).Classify(FLOWER).model.version == "2"
         assert server.store.get(ModelSlot.IRIS).champion.description.ref.version == "2"
 
@@ -196,12 +188,12 @@ def test_an_unreachable_registry_changes_nothing_for_callers_and_is_logged_once(
         assert _value(_scrape(server.metrics_port), "model_registry_up") == 1
         with caplog.at_level(logging.INFO, logger="server.lifecycle"):
             registry.available = False
-            _until(lambda: not _info(channel).registry_reachable, "the outage is seen")
+            wait_until(lambda: not _info(channel).registry_reachable, "the outage is seen")
             assert _value(_scrape(server.metrics_port), "model_registry_up") == 0
             time.sleep(0.5)  # about ten polls during the outage
             assert stub.Predict(HOUSE).model.version == "1"
             registry.available = True
-            _until(lambda: _info(channel).registry_reachable, "the registry is seen again")
+            wait_until(lambda: _info(channel).registry_reachable, "the registry is seen again")
         assert _value(_scrape(server.metrics_port), "model_registry_up") == 1
         messages = [record.getMessage() for record in caplog.records]
         assert len([m for m in messages if "model registry unreachable" in m]) == 1

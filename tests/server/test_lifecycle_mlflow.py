@@ -4,74 +4,20 @@ Each test works on its own copy of the session's trained registry (the SQLite fi
 are shared and only read), so that registering versions and moving aliases leaves other tests alone.
 """
 
-import os
-import sqlite3
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, closing
-from pathlib import Path
-
 import grpc
 import pytest
 from mlflow import MlflowClient
 
 from model_registry.mlflow import MlflowRegistry
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
-from server.app import PredictionServer
 from training.settings import TrainingSettings
 
-from .conftest import channel_to, running_server
+from .conftest import channel_to, mlflow_server_on, running_server, wait_until
 
 TOKEN = "lifecycle-token"  # noqa: S105 - a test credential
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2)
 FINISHED = (admin_pb2.OPERATION_STATE_SUCCEEDED, admin_pb2.OPERATION_STATE_FAILED)
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def registry_copy(tmp_path: Path, trained_registry: TrainingSettings) -> TrainingSettings:
-    db = tmp_path / "mlflow.db"
-    # SQLite's backup API, not a file copy: it includes what a write-ahead log still holds.
-    with (
-        closing(sqlite3.connect(trained_registry.mlflow_tracking_uri.removeprefix("sqlite:///"))) as source,
-        closing(sqlite3.connect(db)) as target,
-    ):
-        source.backup(target)
-    return trained_registry.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{db}"})
-
-
-@pytest.fixture
-def retrain_env(registry_copy: TrainingSettings, offline_data_home: Path, tmp_path: Path) -> dict[str, str]:
-    """What a retrain child needs: the data, cheap models, floors that let them through."""
-    return {
-        "PATH": os.environ["PATH"],
-        "SCIKIT_LEARN_DATA": str(offline_data_home),
-        "TRAINING_DATA_DIR": str(registry_copy.data_dir),
-        "TRAINING_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-        "TRAINING_ALLOW_DOWNLOAD": "false",
-        "TRAINING_MAX_ROWS": str(registry_copy.max_rows),
-        "TRAINING_HOUSING_MAX_ITER": str(registry_copy.housing_max_iter),
-        "TRAINING_HOUSING_MAX_RMSE": "10",
-        "TRAINING_IRIS_MIN_ACCURACY": "0.5",
-        "GRPC_VERBOSITY": "ERROR",
-    }
-
-
-def _server(uri: str, **overrides: object) -> AbstractContextManager[PredictionServer]:
-    """A server on the registry at ``uri``; its settings name it too, so that retrain children write there."""
-    return running_server(
-        MlflowRegistry(uri),
-        mlflow_tracking_uri=uri,
-        mlflow_registry_uri=uri,
-        **overrides,  # type: ignore[arg-type]
-    )
 
 
 def _client(settings: TrainingSettings) -> MlflowClient:
@@ -99,7 +45,7 @@ def _finished(admin: admin_pb2_grpc.ModelAdminStub, operation_id: str) -> admin_
         holder[:] = [admin.GetOperation(admin_pb2.GetOperationRequest(id=operation_id), metadata=AUTH)]
         return holder[0].state in FINISHED
 
-    _until(done, f"operation {operation_id} finishes", timeout=120)
+    wait_until(done, f"operation {operation_id} finishes", timeout=120)
     return holder[0]
 
 
@@ -109,7 +55,9 @@ def test_retrain_over_grpc_promotes_or_rejects_through_the_gate_and_is_served_wi
     uri = registry_copy.mlflow_tracking_uri
     state = str(tmp_path / "state")
     with (
-        _server(uri, child_env=retrain_env, admin_token=TOKEN, model_poll_seconds=0, state_dir=state) as server,
+        mlflow_server_on(
+            uri, child_env=retrain_env, admin_token=TOKEN, model_poll_seconds=0, state_dir=state
+        ) as server,
         channel_to(server) as channel,
     ):
         admin = admin_pb2_grpc.ModelAdminStub(channel)
@@ -126,7 +74,7 @@ def test_retrain_over_grpc_promotes_or_rejects_through_the_gate_and_is_served_wi
         assert iris.decision_reason.startswith("ties champion v1")
         assert iris.candidate_metrics["accuracy"] == iris.champion_metrics["accuracy"]
         assert iris.started_at.ToDatetime() <= iris.finished_at.ToDatetime()
-        _until(lambda: _served_iris(channel) == "2", "the promoted version is served")
+        wait_until(lambda: _served_iris(channel) == "2", "the promoted version is served")
 
         # One tree is a deliberately weaker candidate: registered, not promoted, and the reason says why.
         weak = admin.Retrain(admin_pb2.RetrainRequest(model="housing", hyperparameters={"max_iter": 1}), metadata=AUTH)
@@ -150,7 +98,7 @@ def test_retrain_over_grpc_promotes_or_rejects_through_the_gate_and_is_served_wi
 
     # Finished operations are still there after a restart (same state directory).
     with (
-        _server(uri, admin_token=TOKEN, state_dir=state) as restarted,
+        mlflow_server_on(uri, admin_token=TOKEN, state_dir=state) as restarted,
         channel_to(restarted) as channel,
     ):
         again = admin_pb2_grpc.ModelAdminStub(channel).GetOperation(
@@ -185,20 +133,20 @@ def test_a_second_retrain_of_a_model_is_refused_and_other_models_wait_their_turn
 def test_an_alias_moved_by_another_process_is_served_within_the_poll_interval(registry_copy):
     client = _client(registry_copy)
     with (
-        _server(registry_copy.mlflow_tracking_uri, model_poll_seconds=0.3) as server,
+        mlflow_server_on(registry_copy.mlflow_tracking_uri, model_poll_seconds=0.3) as server,
         channel_to(server) as channel,
     ):
         assert _served_iris(channel) == "1"
         second = _register_copy_of_v1(registry_copy, "IrisBestModel")
         client.set_registered_model_alias("IrisBestModel", "champion", second)
-        _until(lambda: _served_iris(channel) == second, "the moved alias is served", timeout=15)
+        wait_until(lambda: _served_iris(channel) == second, "the moved alias is served", timeout=15)
 
 
 def test_a_version_whose_artifacts_are_gone_is_refused_while_the_old_one_answers(registry_copy, tmp_path):
     client = _client(registry_copy)
     run_id = client.get_model_version("IrisBestModel", "1").run_id
     with (
-        _server(registry_copy.mlflow_tracking_uri, model_poll_seconds=0.1) as server,
+        mlflow_server_on(registry_copy.mlflow_tracking_uri, model_poll_seconds=0.1) as server,
         channel_to(server) as channel,
     ):
         broken = str(
@@ -206,7 +154,7 @@ def test_a_version_whose_artifacts_are_gone_is_refused_while_the_old_one_answers
         )
         client.set_registered_model_alias("IrisBestModel", "champion", broken)
         info = iris_pb2_grpc.IrisClassifierStub(channel).GetModelInfo
-        _until(lambda: info(model_pb2.GetModelInfoRequest()).last_load_failure.version == broken, "refused")
+        wait_until(lambda: info(model_pb2.GetModelInfoRequest()).last_load_failure.version == broken, "refused")
         assert info(model_pb2.GetModelInfoRequest()).last_load_failure.reason == "artifact"
         assert _served_iris(channel) == "1"
 
@@ -215,14 +163,14 @@ def test_rollback_after_a_restart_serves_the_previous_champion(registry_copy):
     client = _client(registry_copy)
     second = _register_copy_of_v1(registry_copy, "IrisBestModel")
     uri = registry_copy.mlflow_tracking_uri
-    with _server(uri, admin_token=TOKEN) as server, channel_to(server) as channel:
+    with mlflow_server_on(uri, admin_token=TOKEN) as server, channel_to(server) as channel:
         admin = admin_pb2_grpc.ModelAdminStub(channel)
         admin.SetAlias(admin_pb2.SetAliasRequest(model="iris", alias="champion", version=second), metadata=AUTH)
-        _until(lambda: _served_iris(channel) == second, "the promoted version is served")
+        wait_until(lambda: _served_iris(channel) == second, "the promoted version is served")
 
-    with _server(uri, admin_token=TOKEN) as server, channel_to(server) as channel:
+    with mlflow_server_on(uri, admin_token=TOKEN) as server, channel_to(server) as channel:
         assert _served_iris(channel) == second
         back = admin_pb2_grpc.ModelAdminStub(channel).Rollback(admin_pb2.RollbackRequest(model="iris"), metadata=AUTH)
         assert (back.previous_version, back.version) == (second, "1")
-        _until(lambda: _served_iris(channel) == "1", "the previous champion is served")
+        wait_until(lambda: _served_iris(channel) == "1", "the previous champion is served")
     assert str(client.get_registered_model("IrisBestModel").aliases["champion"]) == "1"

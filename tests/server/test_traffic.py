@@ -3,7 +3,6 @@
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import AbstractContextManager, closing
 
 import grpc
@@ -17,20 +16,13 @@ from model_registry.memory import InMemoryRegistry
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
 from server.app import PredictionServer
 
-from .conftest import channel_to, in_memory_registry, running_server
+from .conftest import channel_to, in_memory_registry, running_server, wait_until
 from .test_metrics import _scrape, _value
 
 TOKEN = "traffic-token"  # noqa: S105 - a test credential
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2)
 IRIS = "IrisBestModel"
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
 
 
 def _with_challenger(estimator: object | None = None) -> InMemoryRegistry:
@@ -51,7 +43,7 @@ def _split(channel: grpc.Channel, percent: float, *, shadow: bool = False) -> No
     request = admin_pb2.SetTrafficSplitRequest(model="iris", challenger_percent=percent, shadow=shadow)
     answer = admin_pb2_grpc.ModelAdminStub(channel).SetTrafficSplit(request, metadata=AUTH)
     assert (answer.name, answer.challenger_percent, answer.shadow) == (IRIS, percent, shadow)
-    _until(lambda: (_info(channel).challenger_percent, _info(channel).shadow) == (percent, shadow), "split served")
+    wait_until(lambda: (_info(channel).challenger_percent, _info(channel).shadow) == (percent, shadow), "split served")
 
 
 def _serving(registry: InMemoryRegistry, **overrides: object) -> AbstractContextManager[PredictionServer]:
@@ -112,7 +104,7 @@ def test_a_challenger_that_fails_to_load_leaves_all_traffic_with_the_champion():
         admin_pb2_grpc.ModelAdminStub(channel).SetTrafficSplit(
             admin_pb2.SetTrafficSplitRequest(model="iris", challenger_percent=50.0), metadata=AUTH
         )
-        _until(lambda: _info(channel).configured_challenger_percent == 50.0, "the split is read")
+        wait_until(lambda: _info(channel).configured_challenger_percent == 50.0, "the split is read")
         info = _info(channel)
         assert not info.HasField("challenger")
         assert info.challenger_percent == 0.0
@@ -159,7 +151,7 @@ def test_shadow_traffic_returns_only_champion_answers_and_measures_the_challenge
             labels = {"model": IRIS, "version": "3", "variant": "challenger"}
             return _value(_scrape(port), "model_shadow_agreement_total", agreed="true", **labels)
 
-        _until(lambda: shadowed() > 0, "the challenger's shadow answers are measured")
+        wait_until(lambda: shadowed() > 0, "the challenger's shadow answers are measured")
         samples = _scrape(port)
         # 100 calls against a 50 ms challenger and a queue of 5: most copies are dropped, never waited for.
         assert _value(samples, "model_shadow_dropped_total", model=IRIS) > 0
@@ -192,7 +184,7 @@ def test_every_prediction_is_logged_once_with_its_id_version_and_variant(tmp_pat
                 assert error.code() == grpc.StatusCode.NOT_FOUND
                 return None
 
-        _until(lambda: logged(ids[-1]) is not None, "the writer has flushed")
+        wait_until(lambda: logged(ids[-1]) is not None, "the writer has flushed")
         first = logged(ids[0])
         assert first is not None
         assert (first.version, first.variant) == (singles[0].model.version, singles[0].model.variant)

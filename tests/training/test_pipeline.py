@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from mlflow.models import get_model_info
 
 import training.registry
-from data.schema import HOUSING_FEATURES, HOUSING_TARGET, IRIS_FEATURES
+from data.profile import ReferenceProfile
+from data.schema import HOUSING_FEATURES, HOUSING_TARGET, IRIS_FEATURES, IRIS_SPECIES
 from model_registry import RegistryUnavailableError
 from model_registry.history import alias_history, move_alias
 from model_registry.mlflow import MlflowRegistry
@@ -41,6 +42,24 @@ def champion_of(settings: TrainingSettings, name: str) -> int | None:
 def gate_tags(settings: TrainingSettings, outcome: TrainingOutcome) -> tuple[str, str]:
     tags = client_for(settings).get_model_version(outcome.model_name, str(outcome.version)).tags
     return tags["champion_gate"], tags["champion_gate_reason"]
+
+
+def test_each_version_carries_the_reference_profile_of_its_training_rows(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    adapter = adapter_for(settings)
+    for outcome, features, outputs in (
+        (train_housing(settings), HOUSING_FEATURES, (HOUSING_TARGET,)),
+        (train_iris(settings), IRIS_FEATURES, IRIS_SPECIES),
+    ):
+        loaded = adapter.load(outcome.model_name, str(outcome.version))
+        assert loaded.reference_profile is not None
+        profile = ReferenceProfile.from_json(loaded.reference_profile)
+        assert (tuple(profile.features), tuple(profile.outputs)) == (features, outputs)
+        run = client_for(settings).get_run(outcome.run_id)
+        assert profile.rows == int(run.data.params["train_rows"])
+        for column in (*profile.features.values(), *profile.outputs.values()):
+            assert column.proportions.sum() == pytest.approx(1.0)
+            assert len(column.edges) >= 1
 
 
 def test_housing_run_is_logged_registered_and_promoted(make_settings: MakeSettings) -> None:
@@ -166,7 +185,9 @@ def test_full_data_housing_model_meets_the_floor(make_settings: MakeSettings) ->
 def test_overrides_change_the_fitted_estimator_and_the_logged_params(make_settings: MakeSettings) -> None:
     settings = make_settings()
     outcome = train_housing(settings, {"max_iter": 7, "learning_rate": 0.3, "max_depth": 3, "min_samples_leaf": 5})
-    regressor = adapter_for(settings).load(outcome.model_name, str(outcome.version)).estimator
+    pipeline = adapter_for(settings).load(outcome.model_name, str(outcome.version)).estimator
+    regressor = pipeline.named_steps["regressor"]
+    assert type(pipeline.named_steps["coordinates"]).__name__ == "RotatedCoordinates"
     assert (regressor.max_iter, regressor.n_iter_, regressor.learning_rate) == (7, 7, 0.3)
     assert (regressor.max_depth, regressor.min_samples_leaf, regressor.max_leaf_nodes) == (3, 5, 63)
     assert max(predictor.get_max_depth() for (predictor,) in regressor._predictors) <= 3

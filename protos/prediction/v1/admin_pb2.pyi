@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from protos.prediction.v1 import iris_pb2 as _iris_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -61,6 +62,59 @@ GATE_DECISION_PROMOTED: GateDecision.ValueType  # 1
 GATE_DECISION_REJECTED: GateDecision.ValueType  # 2
 """The candidate was registered but not promoted; `decision_reason` says why."""
 Global___GateDecision: _TypeAlias = GateDecision  # noqa: Y015
+
+class _DriftStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DriftStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DriftStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DRIFT_STATUS_UNSPECIFIED: _DriftStatus.ValueType  # 0
+    DRIFT_STATUS_OK: _DriftStatus.ValueType  # 1
+    """Enough live rows and a reference profile: the figures are meaningful."""
+    DRIFT_STATUS_INSUFFICIENT_DATA: _DriftStatus.ValueType  # 2
+    """Fewer live rows in the window than min_rows: no PSI yet."""
+    DRIFT_STATUS_NO_REFERENCE_PROFILE: _DriftStatus.ValueType  # 3
+    """The version was registered without a reference profile: drift cannot be measured."""
+
+class DriftStatus(_DriftStatus, metaclass=_DriftStatusEnumTypeWrapper): ...
+
+DRIFT_STATUS_UNSPECIFIED: DriftStatus.ValueType  # 0
+DRIFT_STATUS_OK: DriftStatus.ValueType  # 1
+"""Enough live rows and a reference profile: the figures are meaningful."""
+DRIFT_STATUS_INSUFFICIENT_DATA: DriftStatus.ValueType  # 2
+"""Fewer live rows in the window than min_rows: no PSI yet."""
+DRIFT_STATUS_NO_REFERENCE_PROFILE: DriftStatus.ValueType  # 3
+"""The version was registered without a reference profile: drift cannot be measured."""
+Global___DriftStatus: _TypeAlias = DriftStatus  # noqa: Y015
+
+class _FeedbackCode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackCode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_CODE_OK: _FeedbackCode.ValueType  # 0
+    """Recorded, or the same label was already recorded (a retry changes nothing)."""
+    FEEDBACK_CODE_INVALID_ARGUMENT: _FeedbackCode.ValueType  # 3
+    """The label does not fit the prediction (a species for a housing prediction, a value that is not finite)."""
+    FEEDBACK_CODE_NOT_FOUND: _FeedbackCode.ValueType  # 5
+    """No logged prediction has this id."""
+    FEEDBACK_CODE_ALREADY_EXISTS: _FeedbackCode.ValueType  # 6
+    """The prediction already has a different label; it is kept."""
+
+class FeedbackCode(_FeedbackCode, metaclass=_FeedbackCodeEnumTypeWrapper):
+    """The numbers are gRPC's status codes (google.rpc.Code)."""
+
+FEEDBACK_CODE_OK: FeedbackCode.ValueType  # 0
+"""Recorded, or the same label was already recorded (a retry changes nothing)."""
+FEEDBACK_CODE_INVALID_ARGUMENT: FeedbackCode.ValueType  # 3
+"""The label does not fit the prediction (a species for a housing prediction, a value that is not finite)."""
+FEEDBACK_CODE_NOT_FOUND: FeedbackCode.ValueType  # 5
+"""No logged prediction has this id."""
+FEEDBACK_CODE_ALREADY_EXISTS: FeedbackCode.ValueType  # 6
+"""The prediction already has a different label; it is kept."""
+Global___FeedbackCode: _TypeAlias = FeedbackCode  # noqa: Y015
 
 @_typing.final
 class RetrainRequest(_message.Message):
@@ -198,13 +252,14 @@ class Operation(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     DECISION_REASON_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    TRIGGER_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     model: _builtins.str
     """The service key, "housing" or "iris"."""
     state: Global___OperationState.ValueType
     max_rows: _builtins.int
     trigger: _builtins.str
-    """Why it started: "manual" for a Retrain call."""
+    """Why it started: "manual" for a Retrain call; "quality", "drift" or "schedule" for an automated trigger."""
     champion_version: _builtins.str
     """The champion version the candidate was compared with ("" when none)."""
     registered_version: _builtins.str
@@ -213,6 +268,8 @@ class Operation(_message.Message):
     decision_reason: _builtins.str
     failure_reason: _builtins.str
     """Why it failed: the error and the last lines of the training output."""
+    trigger_reason: _builtins.str
+    """What an automated trigger saw when it fired (e.g. the live and training rmse); "" for a manual one."""
     @_builtins.property
     def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -248,10 +305,11 @@ class Operation(_message.Message):
         decision: Global___GateDecision.ValueType = ...,
         decision_reason: _builtins.str = ...,
         failure_reason: _builtins.str = ...,
+        trigger_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_rows", b"_max_rows", "created_at", b"created_at", "finished_at", b"finished_at", "max_rows", b"max_rows", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_rows", b"_max_rows", "candidate_metrics", b"candidate_metrics", "champion_metrics", b"champion_metrics", "champion_version", b"champion_version", "created_at", b"created_at", "decision", b"decision", "decision_reason", b"decision_reason", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "id", b"id", "max_rows", b"max_rows", "model", b"model", "registered_version", b"registered_version", "started_at", b"started_at", "state", b"state", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_rows", b"_max_rows", "candidate_metrics", b"candidate_metrics", "champion_metrics", b"champion_metrics", "champion_version", b"champion_version", "created_at", b"created_at", "decision", b"decision", "decision_reason", b"decision_reason", "failure_reason", b"failure_reason", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "id", b"id", "max_rows", b"max_rows", "model", b"model", "registered_version", b"registered_version", "started_at", b"started_at", "state", b"state", "trigger", b"trigger", "trigger_reason", b"trigger_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_rows: _TypeAlias = _typing.Literal["max_rows"]  # noqa: Y015
     _WhichOneofArgType__max_rows: _TypeAlias = _typing.Literal["_max_rows", b"_max_rows"]  # noqa: Y015
@@ -691,3 +749,457 @@ class LoggedPrediction(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoggedPrediction: _TypeAlias = LoggedPrediction  # noqa: Y015
+
+@_typing.final
+class GetDriftReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"housing" or "iris", or the registered model name."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDriftReportRequest: _TypeAlias = GetDriftReportRequest  # noqa: Y015
+
+@_typing.final
+class ColumnDrift(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PSI_FIELD_NUMBER: _builtins.int
+    DRIFTED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Feature name (e.g. median_income) or output name (median_house_value, or a species' probability)."""
+    psi: _builtins.float
+    drifted: _builtins.bool
+    """Whether psi is above the report's threshold."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        psi: _builtins.float = ...,
+        drifted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drifted", b"drifted", "name", b"name", "psi", b"psi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ColumnDrift: _TypeAlias = ColumnDrift  # noqa: Y015
+
+@_typing.final
+class VersionDrift(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    WINDOW_ROWS_FIELD_NUMBER: _builtins.int
+    WINDOW_CAPACITY_FIELD_NUMBER: _builtins.int
+    OLDEST_AT_FIELD_NUMBER: _builtins.int
+    NEWEST_AT_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    DRIFTED_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    variant: _builtins.str
+    """"champion" or "challenger"."""
+    status: Global___DriftStatus.ValueType
+    window_rows: _builtins.int
+    """Live rows in the window, and the most it holds (the newest rows are kept)."""
+    window_capacity: _builtins.int
+    drifted: _builtins.bool
+    """Whether any feature or output drifted."""
+    @_builtins.property
+    def oldest_at(self) -> _timestamp_pb2.Timestamp:
+        """When the oldest and the newest row of the window arrived (unset while it is empty)."""
+
+    @_builtins.property
+    def newest_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnDrift]: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnDrift]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        status: Global___DriftStatus.ValueType = ...,
+        window_rows: _builtins.int = ...,
+        window_capacity: _builtins.int = ...,
+        oldest_at: _timestamp_pb2.Timestamp | None = ...,
+        newest_at: _timestamp_pb2.Timestamp | None = ...,
+        features: _abc.Iterable[Global___ColumnDrift] | None = ...,
+        outputs: _abc.Iterable[Global___ColumnDrift] | None = ...,
+        drifted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["newest_at", b"newest_at", "oldest_at", b"oldest_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drifted", b"drifted", "features", b"features", "newest_at", b"newest_at", "oldest_at", b"oldest_at", "outputs", b"outputs", "status", b"status", "variant", b"variant", "version", b"version", "window_capacity", b"window_capacity", "window_rows", b"window_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionDrift: _TypeAlias = VersionDrift  # noqa: Y015
+
+@_typing.final
+class DriftReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MIN_ROWS_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The registered model name."""
+    threshold: _builtins.float
+    """A column drifted when its PSI is above this (0.2 by default)."""
+    min_rows: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionDrift]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        threshold: _builtins.float = ...,
+        min_rows: _builtins.int = ...,
+        versions: _abc.Iterable[Global___VersionDrift] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_rows", b"min_rows", "name", b"name", "threshold", b"threshold", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftReport: _TypeAlias = DriftReport  # noqa: Y015
+
+@_typing.final
+class FeedbackItem(_message.Message):
+    """The true label of one prediction: a value for housing, a species for iris."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SPECIES_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    """As the prediction's response carried it."""
+    value: _builtins.float
+    """The true median house value, in units of $100,000."""
+    species: _iris_pb2.IrisSpecies.ValueType
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+        value: _builtins.float = ...,
+        species: _iris_pb2.IrisSpecies.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "species", b"species", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "prediction_id", b"prediction_id", "species", b"species", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_label: _TypeAlias = _typing.Literal["value", "species"]  # noqa: Y015
+    _WhichOneofArgType_label: _TypeAlias = _typing.Literal["label", b"label"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_label) -> _WhichOneofReturnType_label | None: ...
+
+Global___FeedbackItem: _TypeAlias = FeedbackItem  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___FeedbackItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackRequest: _TypeAlias = SubmitFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class FeedbackResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    code: Global___FeedbackCode.ValueType
+    recorded: _builtins.bool
+    """True only the first time a label is recorded (false for a retry of the same label)."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+        code: Global___FeedbackCode.ValueType = ...,
+        recorded: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "prediction_id", b"prediction_id", "recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackResult: _TypeAlias = FeedbackResult  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackResult]:
+        """One per item, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___FeedbackResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackResponse: _TypeAlias = SubmitFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class GetModelQualityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"housing" or "iris", or the registered model name."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelQualityRequest: _TypeAlias = GetModelQualityRequest  # noqa: Y015
+
+@_typing.final
+class VariantQuality(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LiveEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TrainingEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    OLDEST_AT_FIELD_NUMBER: _builtins.int
+    NEWEST_AT_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    variant: _builtins.str
+    labels: _builtins.int
+    """Labels in the window the live figures were computed on."""
+    @_builtins.property
+    def oldest_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def newest_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def live(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Housing: rmse, mae. Iris: accuracy, recall_setosa, recall_versicolor, recall_virginica (a class with no
+        label in the window has no recall). Empty while there are no labels.
+        """
+
+    @_builtins.property
+    def training(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The version's held-out metrics from its training run (housing: rmse, mae, r2; iris: accuracy, macro_f1...)."""
+
+    @_builtins.property
+    def confidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfidenceBucket]:
+        """Iris: labels in the window whose confidence (the predicted species' probability) is at most each bound."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        labels: _builtins.int = ...,
+        oldest_at: _timestamp_pb2.Timestamp | None = ...,
+        newest_at: _timestamp_pb2.Timestamp | None = ...,
+        live: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        training: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        confidence: _abc.Iterable[Global___ConfidenceBucket] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["newest_at", b"newest_at", "oldest_at", b"oldest_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "labels", b"labels", "live", b"live", "newest_at", b"newest_at", "oldest_at", b"oldest_at", "training", b"training", "variant", b"variant", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantQuality: _TypeAlias = VariantQuality  # noqa: Y015
+
+@_typing.final
+class ConfidenceBucket(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPPER_BOUND_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_COUNT_FIELD_NUMBER: _builtins.int
+    upper_bound: _builtins.float
+    cumulative_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        upper_bound: _builtins.float = ...,
+        cumulative_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cumulative_count", b"cumulative_count", "upper_bound", b"upper_bound"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfidenceBucket: _TypeAlias = ConfidenceBucket  # noqa: Y015
+
+@_typing.final
+class ModelQuality(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WINDOW_LABELS_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The registered model name."""
+    window_labels: _builtins.int
+    """The window: the newest window_labels labels, of the last window_seconds when that is set (0: unlimited)."""
+    window_seconds: _builtins.float
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantQuality]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        window_labels: _builtins.int = ...,
+        window_seconds: _builtins.float = ...,
+        variants: _abc.Iterable[Global___VariantQuality] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "variants", b"variants", "window_labels", b"window_labels", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelQuality: _TypeAlias = ModelQuality  # noqa: Y015
+
+@_typing.final
+class SetAutoRetrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    enabled: _builtins.bool
+    """False pauses every automated trigger of the model (manual retrains still work); true resumes them."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAutoRetrainRequest: _TypeAlias = SetAutoRetrainRequest  # noqa: Y015
+
+@_typing.final
+class AutoRetrain(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The registered model name."""
+    enabled: _builtins.bool
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The triggers configured on this server: any of "quality", "drift", "schedule"."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        triggers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "name", b"name", "triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoRetrain: _TypeAlias = AutoRetrain  # noqa: Y015

@@ -87,6 +87,26 @@ class ModelAdminStub:
                 request_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.GetPredictionRequest.SerializeToString,
                 response_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.LoggedPrediction.FromString,
                 _registered_method=True)
+        self.GetDriftReport = channel.unary_unary(
+                '/prediction.v1.ModelAdmin/GetDriftReport',
+                request_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.GetDriftReportRequest.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.DriftReport.FromString,
+                _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/prediction.v1.ModelAdmin/SubmitFeedback',
+                request_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.SubmitFeedbackResponse.FromString,
+                _registered_method=True)
+        self.GetModelQuality = channel.unary_unary(
+                '/prediction.v1.ModelAdmin/GetModelQuality',
+                request_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.GetModelQualityRequest.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.ModelQuality.FromString,
+                _registered_method=True)
+        self.SetAutoRetrain = channel.unary_unary(
+                '/prediction.v1.ModelAdmin/SetAutoRetrain',
+                request_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.SetAutoRetrainRequest.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.AutoRetrain.FromString,
+                _registered_method=True)
 
 
 class ModelAdminServicer:
@@ -163,6 +183,35 @@ class ModelAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDriftReport(self, request, context):
+        """Data drift of every version the model serves: each feature's and output's population stability index
+        (PSI) over the version's window of live rows, against the profile of its training rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitFeedback(self, request, context):
+        """Ground truth for logged predictions, one or many per call: each item gets its own result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelQuality(self, request, context):
+        """Live quality of every version the model serves, from the labels received, beside its training metrics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAutoRetrain(self, request, context):
+        """Switch the model's automated retraining triggers off (or back on), kept in the registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +254,26 @@ def add_ModelAdminServicer_to_server(servicer, server):
                     servicer.GetPrediction,
                     request_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.GetPredictionRequest.FromString,
                     response_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.LoggedPrediction.SerializeToString,
+            ),
+            'GetDriftReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDriftReport,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.GetDriftReportRequest.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.DriftReport.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.SubmitFeedbackResponse.SerializeToString,
+            ),
+            'GetModelQuality': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelQuality,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.GetModelQualityRequest.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.ModelQuality.SerializeToString,
+            ),
+            'SetAutoRetrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAutoRetrain,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_admin__pb2.SetAutoRetrainRequest.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_admin__pb2.AutoRetrain.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +505,114 @@ class ModelAdmin:
             '/prediction.v1.ModelAdmin/GetPrediction',
             protos_dot_prediction_dot_v1_dot_admin__pb2.GetPredictionRequest.SerializeToString,
             protos_dot_prediction_dot_v1_dot_admin__pb2.LoggedPrediction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDriftReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prediction.v1.ModelAdmin/GetDriftReport',
+            protos_dot_prediction_dot_v1_dot_admin__pb2.GetDriftReportRequest.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_admin__pb2.DriftReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prediction.v1.ModelAdmin/SubmitFeedback',
+            protos_dot_prediction_dot_v1_dot_admin__pb2.SubmitFeedbackRequest.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_admin__pb2.SubmitFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelQuality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prediction.v1.ModelAdmin/GetModelQuality',
+            protos_dot_prediction_dot_v1_dot_admin__pb2.GetModelQualityRequest.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_admin__pb2.ModelQuality.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAutoRetrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prediction.v1.ModelAdmin/SetAutoRetrain',
+            protos_dot_prediction_dot_v1_dot_admin__pb2.SetAutoRetrainRequest.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_admin__pb2.AutoRetrain.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,16 @@ class ModelAdminStub:
     """
     GetPrediction: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetPredictionRequest, _admin_pb2.LoggedPrediction]
     """One logged prediction, by its prediction_id (NOT_FOUND when it is not, or no longer, in the log)."""
+    GetDriftReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDriftReportRequest, _admin_pb2.DriftReport]
+    """Data drift of every version the model serves: each feature's and output's population stability index
+    (PSI) over the version's window of live rows, against the profile of its training rows.
+    """
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SubmitFeedbackRequest, _admin_pb2.SubmitFeedbackResponse]
+    """Ground truth for logged predictions, one or many per call: each item gets its own result."""
+    GetModelQuality: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetModelQualityRequest, _admin_pb2.ModelQuality]
+    """Live quality of every version the model serves, from the labels received, beside its training metrics."""
+    SetAutoRetrain: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAutoRetrainRequest, _admin_pb2.AutoRetrain]
+    """Switch the model's automated retraining triggers off (or back on), kept in the registry."""
 
 @_typing.type_check_only
 class ModelAdminAsyncStub(ModelAdminStub):
@@ -105,6 +115,16 @@ class ModelAdminAsyncStub(ModelAdminStub):
     """
     GetPrediction: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPredictionRequest, _admin_pb2.LoggedPrediction]  # type: ignore[assignment]
     """One logged prediction, by its prediction_id (NOT_FOUND when it is not, or no longer, in the log)."""
+    GetDriftReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDriftReportRequest, _admin_pb2.DriftReport]  # type: ignore[assignment]
+    """Data drift of every version the model serves: each feature's and output's population stability index
+    (PSI) over the version's window of live rows, against the profile of its training rows.
+    """
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_admin_pb2.SubmitFeedbackRequest, _admin_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
+    """Ground truth for logged predictions, one or many per call: each item gets its own result."""
+    GetModelQuality: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetModelQualityRequest, _admin_pb2.ModelQuality]  # type: ignore[assignment]
+    """Live quality of every version the model serves, from the labels received, beside its training metrics."""
+    SetAutoRetrain: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAutoRetrainRequest, _admin_pb2.AutoRetrain]  # type: ignore[assignment]
+    """Switch the model's automated retraining triggers off (or back on), kept in the registry."""
 
 class ModelAdminServicer(metaclass=_abc_1.ABCMeta):
     """The model lifecycle: retrain, inspect versions, promote, roll back. Every call needs the admin bearer token
@@ -189,5 +209,39 @@ class ModelAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.LoggedPrediction, _abc.Awaitable[_admin_pb2.LoggedPrediction]]:
         """One logged prediction, by its prediction_id (NOT_FOUND when it is not, or no longer, in the log)."""
+
+    @_abc_1.abstractmethod
+    def GetDriftReport(
+        self,
+        request: _admin_pb2.GetDriftReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DriftReport, _abc.Awaitable[_admin_pb2.DriftReport]]:
+        """Data drift of every version the model serves: each feature's and output's population stability index
+        (PSI) over the version's window of live rows, against the profile of its training rows.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _admin_pb2.SubmitFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SubmitFeedbackResponse, _abc.Awaitable[_admin_pb2.SubmitFeedbackResponse]]:
+        """Ground truth for logged predictions, one or many per call: each item gets its own result."""
+
+    @_abc_1.abstractmethod
+    def GetModelQuality(
+        self,
+        request: _admin_pb2.GetModelQualityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ModelQuality, _abc.Awaitable[_admin_pb2.ModelQuality]]:
+        """Live quality of every version the model serves, from the labels received, beside its training metrics."""
+
+    @_abc_1.abstractmethod
+    def SetAutoRetrain(
+        self,
+        request: _admin_pb2.SetAutoRetrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AutoRetrain, _abc.Awaitable[_admin_pb2.AutoRetrain]]:
+        """Switch the model's automated retraining triggers off (or back on), kept in the registry."""
 
 def add_ModelAdminServicer_to_server(servicer: ModelAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
