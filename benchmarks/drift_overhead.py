@@ -1,7 +1,8 @@
 """``python -m benchmarks.drift_overhead``: what drift tracking costs a single-row prediction.
 
-Two server processes serve the same housing model (a HistGradientBoostingRegressor fitted in each on the same
-rows with the same seed, ``--trees`` trees), one with drift measurement on and one with it off; both keep the
+Two server processes serve the same housing model (the production pipeline of ``training.housing``, fitted in
+each on the full data set with the same seed, ``--trees`` trees), one with drift measurement on (the default
+settings) and one with it off; both keep the
 prediction log, which feedback and live quality need. Live quality adds nothing to the request path (labels
 arrive through their own calls), so drift's window is the whole difference. Rounds of single-row ``Predict``
 calls alternate between the two servers; the table shows the medians of the rounds' p50 and p99.
@@ -40,20 +41,21 @@ def serve(drift: bool, trees: int) -> None:
     import threading  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
+    from sklearn.base import clone  # noqa: PLC0415
     from sklearn.datasets import fetch_california_housing  # noqa: PLC0415
-    from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: PLC0415
 
     from data.profile import reference_profile  # noqa: PLC0415
     from data.schema import HOUSING_FEATURES, HOUSING_TARGET  # noqa: PLC0415
     from model_registry.memory import InMemoryRegistry  # noqa: PLC0415
     from server.app import build_server  # noqa: PLC0415
     from server.settings import ServerSettings  # noqa: PLC0415
+    from training.housing import housing_spec  # noqa: PLC0415
+    from training.settings import TrainingSettings  # noqa: PLC0415
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("server.app").setLevel(logging.INFO)
     data = fetch_california_housing(download_if_missing=False)
-    model = HistGradientBoostingRegressor(max_iter=trees, max_leaf_nodes=63, early_stopping=False, random_state=42)
-    model.fit(data.data, data.target)
+    model = clone(housing_spec(TrainingSettings(), {"max_iter": trees}).estimator).fit(data.data, data.target)
     profile = reference_profile(data.data, model.predict(data.data), HOUSING_FEATURES, (HOUSING_TARGET,))
     registry = InMemoryRegistry()
     registry.register(
@@ -72,7 +74,6 @@ def serve(drift: bool, trees: int) -> None:
             model_poll_seconds=0,
             access_log=False,
             drift=drift,
-            drift_interval_seconds=1.0,  # often, so the worker's own cost shows in the figures too
             prediction_log_path=Path(scratch) / "predictions.db",
             state_dir=Path(scratch) / "state",
         )
@@ -108,8 +109,8 @@ def offer_cost() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.drift_overhead", description=__doc__)
     parser.add_argument("--serve", choices=("on", "off"), help=argparse.SUPPRESS)
-    parser.add_argument("--trees", type=int, default=300, help="trees of the served model")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--trees", type=int, default=600, help="trees of the served model")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each round")
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()

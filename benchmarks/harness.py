@@ -58,13 +58,25 @@ def wait_serving(channel: grpc.Channel, service: str, timeout: float = 120.0) ->
         time.sleep(0.05)
 
 
-def timed_calls(call: Callable[[], object], seconds: float, concurrency: int) -> tuple[list[float], float]:
-    """Run ``call`` back to back from ``concurrency`` threads for ``seconds``: every latency, and the wall time."""
+def timed_calls(
+    call: Callable[[], object], seconds: float, concurrency: int, rate: float | None = None
+) -> tuple[list[float], float]:
+    """Run ``call`` from ``concurrency`` threads for ``seconds``: every latency, and the wall time.
+
+    Back to back without ``rate``; with it, paced to ``rate`` calls per second in all (each thread keeps its own
+    schedule and never sends early), so the machine is not saturated and latency is not queueing for the CPU.
+    """
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     deadline = time.monotonic() + seconds
+    spacing = None if rate is None else concurrency / rate
 
     def caller(mine: list[float]) -> None:
+        due = time.monotonic()
         while time.monotonic() < deadline:
+            if spacing is not None:
+                due += spacing
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
             started = time.perf_counter()
             call()
             mine.append(time.perf_counter() - started)

@@ -27,7 +27,7 @@ FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_le
 
 
 class SlowPipeline:
-    """The champion's answers, ``seconds`` later: a challenger that is expensive to shadow."""
+    """The champion's answers, ``seconds`` later: a challenger that is slow and also does a model's real work."""
 
     def __init__(self, model: object, seconds: float) -> None:
         self._model = model
@@ -39,7 +39,20 @@ class SlowPipeline:
         return np.asarray(self._model.predict_proba(values))  # type: ignore[attr-defined]
 
 
-def serve(challenger_ms: float) -> None:
+class SleepingDouble:
+    """A challenger that only sleeps, then answers setosa: slow, but with no work of its own to share the CPU."""
+
+    classes_ = np.array([0, 1, 2])
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def predict_proba(self, values: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return np.tile([0.98, 0.01, 0.01], (len(values), 1))
+
+
+def serve(challenger_ms: float, kind: str) -> None:
     import logging  # noqa: PLC0415
 
     from sklearn.datasets import load_iris  # noqa: PLC0415
@@ -57,7 +70,9 @@ def serve(challenger_ms: float) -> None:
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(features, species)
     registry = InMemoryRegistry()
     registry.register("IrisBestModel", pipeline, alias="champion")
-    registry.register("IrisBestModel", SlowPipeline(pipeline, challenger_ms / 1000), alias="challenger")
+    seconds = challenger_ms / 1000
+    challenger = SlowPipeline(pipeline, seconds) if kind == "pipeline" else SleepingDouble(seconds)
+    registry.register("IrisBestModel", challenger, alias="challenger")
     settings = ServerSettings(
         host="127.0.0.1",
         port=0,
@@ -92,14 +107,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.shadow_latency", description=__doc__)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--challenger-ms", type=float, default=20.0, help="extra time of each challenger call")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--challenger",
+        choices=("pipeline", "sleep"),
+        default="pipeline",
+        help="pipeline: the champion's pipeline made slower (real work too); sleep: a double that only sleeps",
+    )
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each round")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=400.0,
+        help="requests per second in all (0: back to back, which saturates this machine and then measures CPU "
+        "contention rather than waiting)",
+    )
     args = parser.parse_args()
     if args.serve:
-        serve(args.challenger_ms)
+        serve(args.challenger_ms, args.challenger)
         return
     command = [sys.executable, "-m", "benchmarks.shadow_latency", "--serve", "--challenger-ms", str(args.challenger_ms)]
+    command += ["--challenger", args.challenger]
     with server_process(command) as server, grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = iris_pb2_grpc.IrisClassifierStub(channel)
         admin = admin_pb2_grpc.ModelAdminStub(channel)
@@ -114,19 +143,28 @@ def main() -> None:
             while stub.GetModelInfo(model_pb2.GetModelInfoRequest()).shadow != shadow:
                 time.sleep(0.01)
             before = _dropped(server.metrics_port)
-            latencies, wall = timed_calls(lambda: stub.Classify(FLOWER, timeout=10), args.seconds, args.concurrency)
+            latencies, wall = timed_calls(
+                lambda: stub.Classify(FLOWER, timeout=10), args.seconds, args.concurrency, args.rate or None
+            )
             dropped[shadow] += _dropped(server.metrics_port) - before
             q50, q99 = np.quantile(latencies, [0.5, 0.99]) * 1000
             figures[shadow].append((float(q50), float(q99), len(latencies) / wall))
     print(
-        f"iris Classify, {args.concurrency} in flight, challenger +{args.challenger_ms:g} ms, "
+        f"iris Classify, {args.concurrency} threads, {f'{args.rate:g} req/s' if args.rate else 'back to back'}, "
+        f"challenger: {args.challenger} +{args.challenger_ms:g} ms, "
         f"{args.rounds} rounds of {args.seconds:g} s each, medians of the rounds\n"
     )
-    print("| shadow | p50 ms | p99 ms | req/s | shadow copies dropped |")
+    # The rounds' range beside each median: when the ranges of "off" and "on" overlap, the difference is within
+    # what this machine varies by from one round to the next.
+    print("| shadow | p50 ms (rounds' range) | p99 ms (rounds' range) | req/s | shadow copies dropped |")
     print("| --- | --- | --- | --- | --- |")
     for shadow in (False, True):
-        p50, p99, rate = (statistics.median(column) for column in zip(*figures[shadow], strict=True))
-        print(f"| {'on' if shadow else 'off'} | {p50:.3f} | {p99:.3f} | {rate:,.0f} | {dropped[shadow]:,.0f} |")
+        q50s, q99s, rates = zip(*figures[shadow], strict=True)
+        print(
+            f"| {'on' if shadow else 'off'} | {statistics.median(q50s):.3f} ({min(q50s):.3f}-{max(q50s):.3f}) | "
+            f"{statistics.median(q99s):.3f} ({min(q99s):.3f}-{max(q99s):.3f}) | {statistics.median(rates):,.0f} | "
+            f"{dropped[shadow]:,.0f} |"
+        )
 
 
 if __name__ == "__main__":
