@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/prediction/v1/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models
+.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns
 
 NODE_CLIENT := tests/server/node_client
 
@@ -108,6 +108,10 @@ bench-shadow: install
 # Held-out RMSE and single-row cost of the housing model and the candidates it was chosen from (about 2 minutes).
 bench-models: install
 	$(BIN)/python -m benchmarks.housing_models --rounds 3
+
+# A housing batch through PredictBatch, PredictColumns and in process (about 2 minutes).
+bench-columns: install
+	$(BIN)/python -m benchmarks.columnar_batch
 
 # Single-row housing latency with drift measurement on and off, two servers side by side (about 2 minutes).
 bench-drift: install

@@ -1,12 +1,14 @@
 """Pure functions between the REST models (``rest_bridge.schemas``) and the protobuf messages.
 
 Field names are identical on both sides, so requests go through ``model_dump()`` into the message
-constructors; responses are read field by field, which is both explicit and the fastest path. The exceptions are
+constructors; responses are read field by field, which is both explicit and the fastest path. The columns routes
+exist for speed: their requests hand the validated lists over as they are (``dict(model)``, no copy), and their
+answers are copied list by list, so nothing there makes a Python object per row. The exceptions are
 the enums (names on one side, numbers on the other) and ``FeedbackResult.code``, which becomes its code's name and
 the HTTP status ``rest_bridge.errors`` gives that code.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
@@ -74,12 +76,21 @@ def housing_batch_to_proto(batch: schemas.HousingBatchRequest) -> housing_pb2.Ho
     return housing_pb2.HousingBatchRequest(**batch.model_dump())
 
 
+def housing_columns_to_proto(columns: schemas.HousingColumns) -> housing_pb2.HousingColumns:
+    # dict(model) hands over the validated lists themselves (model_dump would copy each): protobuf reads them once.
+    return housing_pb2.HousingColumns(**dict(columns))
+
+
 def iris_features_to_proto(features: schemas.IrisFeatures) -> iris_pb2.IrisFeatures:
     return iris_pb2.IrisFeatures(**features.model_dump())
 
 
 def iris_batch_to_proto(batch: schemas.IrisBatchRequest) -> iris_pb2.IrisBatchRequest:
     return iris_pb2.IrisBatchRequest(**batch.model_dump())
+
+
+def iris_columns_to_proto(columns: schemas.IrisColumns) -> iris_pb2.IrisColumns:
+    return iris_pb2.IrisColumns(**dict(columns))
 
 
 def model_version_from_proto(message: model_pb2.ModelVersion) -> schemas.ModelVersion:
@@ -111,6 +122,16 @@ def housing_batch_from_proto(message: housing_pb2.HousingBatchPrediction) -> sch
             )
             for value in message.predictions
         ],
+        model=model_version_from_proto(message.model),
+    )
+
+
+def housing_columns_from_proto(message: housing_pb2.HousingColumnsPrediction) -> schemas.HousingColumnsPrediction:
+    # Each repeated field is copied into a list in one C call; there is no per-row Python object.
+    return schemas.HousingColumnsPrediction(
+        median_house_value=list(message.median_house_value),
+        median_house_value_usd=list(message.median_house_value_usd),
+        prediction_ids=list(message.prediction_ids),
         model=model_version_from_proto(message.model),
     )
 
@@ -181,6 +202,27 @@ def iris_batch_from_proto(message: iris_pb2.IrisBatchPrediction) -> schemas.Iris
             )
             for each in message.classifications
         ],
+        model=model_version_from_proto(message.model),
+    )
+
+
+def species_list_from_proto(values: Sequence[int]) -> list[schemas.IrisSpecies]:
+    """Every species of a column at once (a C-level map over the repeated field); an unknown one fails the lot."""
+    try:
+        return list(map(SPECIES_FROM_PROTO.__getitem__, values))
+    except KeyError as unknown:
+        species_from_proto(unknown.args[0])  # raises UnexpectedResponseError, naming the value
+        raise
+
+
+def iris_columns_from_proto(message: iris_pb2.IrisColumnsPrediction) -> schemas.IrisColumnsPrediction:
+    return schemas.IrisColumnsPrediction(
+        species=species_list_from_proto(message.species),
+        setosa=list(message.setosa),
+        versicolor=list(message.versicolor),
+        virginica=list(message.virginica),
+        confidence=list(message.confidence),
+        prediction_ids=list(message.prediction_ids),
         model=model_version_from_proto(message.model),
     )
 

@@ -22,6 +22,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     "4XX": {**_ERROR, "description": "Another client error, mapped from the gRPC status."},
     "5XX": {**_ERROR, "description": "Another server error, mapped from the gRPC status."},
 }
+# The columns routes: JSON Schema cannot say "every list as long as the others", so their 422 says it.
+COLUMNS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    422: {
+        **_ERROR,
+        "description": "Invalid input: `details` names each bad field (INVALID_ARGUMENT): a bad value as "
+        '`column[row]` (e.g. "median_income[3]"), a column whose length differs from the longest by its name '
+        "(every column must hold one value per row), more rows than the server's maximum batch size as `columns`.",
+    },
+}
 # Taken as any string and never refused: a key the server cannot use is not sent, and routing is random.
 RoutingKey = Annotated[
     str | None,
@@ -77,6 +87,23 @@ def add_routes(app: FastAPI, upstream: Upstream, metrics: BridgeMetrics) -> None
         )
         return converters.housing_batch_from_proto(reply)
 
+    @app.post(
+        "/predict/housing/columns",
+        tags=["housing"],
+        summary="Predict many block groups sent column by column, with one model version",
+        responses=COLUMNS_RESPONSES,
+    )
+    async def predict_housing_columns(
+        columns: schemas.HousingColumns, request: Request, routing_key: RoutingKey = None
+    ) -> schemas.HousingColumnsPrediction:
+        reply = await upstream.predict_housing_columns(
+            converters.housing_columns_to_proto(columns),
+            request_id=request_id_of(request),
+            receive=request.receive,
+            routing_key=routing_key,
+        )
+        return converters.housing_columns_from_proto(reply)
+
     @app.post("/predict/iris", tags=["iris"], summary="Classify one iris flower", responses=ERROR_RESPONSES)
     async def predict_iris(
         features: schemas.IrisFeatures, request: Request, routing_key: RoutingKey = None
@@ -105,6 +132,23 @@ def add_routes(app: FastAPI, upstream: Upstream, metrics: BridgeMetrics) -> None
             routing_key=routing_key,
         )
         return converters.iris_batch_from_proto(reply)
+
+    @app.post(
+        "/predict/iris/columns",
+        tags=["iris"],
+        summary="Classify many iris flowers sent column by column, with one model version",
+        responses=COLUMNS_RESPONSES,
+    )
+    async def predict_iris_columns(
+        columns: schemas.IrisColumns, request: Request, routing_key: RoutingKey = None
+    ) -> schemas.IrisColumnsPrediction:
+        reply = await upstream.classify_iris_columns(
+            converters.iris_columns_to_proto(columns),
+            request_id=request_id_of(request),
+            receive=request.receive,
+            routing_key=routing_key,
+        )
+        return converters.iris_columns_from_proto(reply)
 
     @app.get(
         "/models", tags=["models"], summary="Describe the model version behind each service", responses=ERROR_RESPONSES

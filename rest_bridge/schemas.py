@@ -12,6 +12,9 @@ Differences from the protobuf messages, all deliberate:
 - ``IrisSpecies`` is a string enum of lower-case names (``IRIS_SPECIES_SETOSA`` -> ``"setosa"``);
   ``IRIS_SPECIES_UNSPECIFIED`` is never sent by the server and has no REST value.
 - ``google.protobuf.Timestamp`` is an RFC 3339 date-time string.
+- A columns request (``HousingColumns``, ``IrisColumns``) holds 1 to ``MAX_COLUMN_ROWS`` values per column, each
+  finite and in its feature's range, and every column as long as the longest: JSON Schema cannot say that last
+  part, so the bridge refuses unequal columns itself (422, each short or long column named, as the server does).
 - A field the server may leave unset (a proto3 ``optional`` scalar, a message that is absent, the enum
   ``GateDecision`` before the gate decided) is ``null``; every other field is always written.
 - ``FeedbackResult.code`` is two fields: ``status``, the name of its gRPC code (``FEEDBACK_CODE_NOT_FOUND`` ->
@@ -28,12 +31,22 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from server import features as server_features
 from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE, FeatureTable
+from server.settings import ServerSettings
 from training.hyperparameters import HYPERPARAMETERS
 from training.settings import MIN_MAX_ROWS
 
@@ -81,6 +94,61 @@ def _example_instance(table: FeatureTable) -> JsonDict:
     return {spec.name: spec.example for spec in table.specs}
 
 
+def _bounds(table: FeatureTable, name: str) -> Any:
+    """The value constraints of one feature, for one value of a column: strictly a finite number in range."""
+    spec = _spec(table, name)
+    return Field(
+        gt=spec.minimum if spec.exclusive_minimum else None,
+        ge=None if spec.exclusive_minimum else spec.minimum,
+        le=spec.maximum,
+        strict=True,
+        allow_inf_nan=False,
+    )
+
+
+def _column(table: FeatureTable, meanings: dict[str, str], name: str) -> Any:
+    """A required column of one feature: 1 to MAX_COLUMN_ROWS values, described as the feature itself."""
+    spec = _spec(table, name)
+    low = "greater than" if spec.exclusive_minimum else "from"
+    high = "and at most" if spec.exclusive_minimum else "to"
+    return Field(
+        min_length=1,
+        max_length=MAX_COLUMN_ROWS,
+        description=f"{meanings[name]} One value per row. Unit: {spec.unit}. Accepted: {low} {spec.minimum:,.10g} "
+        f"{high} {spec.maximum:,.10g}.",
+        examples=[[spec.example]],
+    )
+
+
+def _example_columns(table: FeatureTable) -> JsonDict:
+    return {spec.name: [spec.example] for spec in table.specs}
+
+
+def _equal_lengths(model: BaseModel, names: tuple[str, ...]) -> None:
+    """Refuse columns of unequal lengths, naming each column whose length differs from the longest (as the server
+    names them), so the error body points at the columns themselves."""
+    lengths = [len(getattr(model, name)) for name in names]
+    rows = max(lengths)
+    if min(lengths) == rows:
+        return
+    raise ValidationError.from_exception_data(
+        type(model).__name__,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "column_length",
+                    "has {length} values; the longest column has {rows}",
+                    {"length": length, "rows": rows},
+                ),
+                loc=(name,),
+                input=getattr(model, name),
+            )
+            for name, length in zip(names, lengths, strict=True)
+            if length != rows
+        ],
+    )
+
+
 def _housing(name: str) -> Any:
     return _feature(HOUSING_FEATURE_TABLE, HOUSING_FEATURE_MEANINGS, name)
 
@@ -90,6 +158,9 @@ def _iris(name: str) -> Any:
 
 
 _REQUEST = ConfigDict(extra="forbid", allow_inf_nan=False)
+# The most rows a columns request may hold: the server's default max_batch_size. A server configured lower refuses
+# a longer one itself (422, field "columns"); GET /models reports its limit.
+MAX_COLUMN_ROWS: int = ServerSettings.model_fields["max_batch_size"].default
 
 
 class ModelVersion(BaseModel):
@@ -157,6 +228,50 @@ class HousingBatchPrediction(BaseModel):
     model: ModelVersion = Field(description="The model version that made every prediction in this batch.")
 
 
+def _hc(name: str) -> Any:
+    return _column(HOUSING_FEATURE_TABLE, HOUSING_FEATURE_MEANINGS, name)
+
+
+def _hv(name: str) -> Any:
+    return _bounds(HOUSING_FEATURE_TABLE, name)
+
+
+class HousingColumns(BaseModel):
+    """Block groups to predict in one call, column by column: one list per feature, the i-th value of every list
+    being row i. Every column is required and all must have the same length, 1 to the server's maximum batch size
+    (see ``max_batch_size`` in GET /models)."""
+
+    model_config = ConfigDict(**_REQUEST, json_schema_extra={"examples": [_example_columns(HOUSING_FEATURE_TABLE)]})
+
+    median_income: list[Annotated[float, _hv("median_income")]] = _hc("median_income")
+    house_age: list[Annotated[float, _hv("house_age")]] = _hc("house_age")
+    average_rooms: list[Annotated[float, _hv("average_rooms")]] = _hc("average_rooms")
+    average_bedrooms: list[Annotated[float, _hv("average_bedrooms")]] = _hc("average_bedrooms")
+    population: list[Annotated[float, _hv("population")]] = _hc("population")
+    average_occupancy: list[Annotated[float, _hv("average_occupancy")]] = _hc("average_occupancy")
+    latitude: list[Annotated[float, _hv("latitude")]] = _hc("latitude")
+    longitude: list[Annotated[float, _hv("longitude")]] = _hc("longitude")
+
+    @model_validator(mode="after")
+    def _rows(self) -> "HousingColumns":
+        _equal_lengths(self, HOUSING_FEATURE_TABLE.names)
+        return self
+
+
+class HousingColumnsPrediction(BaseModel):
+    """Answer to POST /predict/housing/columns: one value per row in each list, in request order."""
+
+    median_house_value: list[float] = Field(
+        description="Predicted median house value of each row in units of $100,000 (2.07 = $207,000)."
+    )
+    median_house_value_usd: list[float] = Field(description="The same predictions in US dollars.")
+    prediction_ids: list[str] = Field(
+        description="Unique id of each row's prediction (a UUIDv7): the key of its prediction-log row "
+        "(GET /predictions/{prediction_id})."
+    )
+    model: ModelVersion = Field(description="The model version that made every prediction.")
+
+
 class IrisFeatures(BaseModel):
     """The four measurements of one iris flower. Every field is required."""
 
@@ -221,6 +336,51 @@ class IrisBatchPrediction(BaseModel):
 
     classifications: list[IrisClassification] = Field(description="One per instance, in request order.")
     model: ModelVersion = Field(description="The model version that made every classification in this batch.")
+
+
+def _ic(name: str) -> Any:
+    return _column(IRIS_FEATURE_TABLE, IRIS_FEATURE_MEANINGS, name)
+
+
+def _iv(name: str) -> Any:
+    return _bounds(IRIS_FEATURE_TABLE, name)
+
+
+class IrisColumns(BaseModel):
+    """Flowers to classify in one call, column by column: one list per measurement, the i-th value of every list
+    being row i. Every column is required and all must have the same length, 1 to the server's maximum batch size
+    (see ``max_batch_size`` in GET /models)."""
+
+    model_config = ConfigDict(**_REQUEST, json_schema_extra={"examples": [_example_columns(IRIS_FEATURE_TABLE)]})
+
+    sepal_length_cm: list[Annotated[float, _iv("sepal_length_cm")]] = _ic("sepal_length_cm")
+    sepal_width_cm: list[Annotated[float, _iv("sepal_width_cm")]] = _ic("sepal_width_cm")
+    petal_length_cm: list[Annotated[float, _iv("petal_length_cm")]] = _ic("petal_length_cm")
+    petal_width_cm: list[Annotated[float, _iv("petal_width_cm")]] = _ic("petal_width_cm")
+
+    @model_validator(mode="after")
+    def _rows(self) -> "IrisColumns":
+        _equal_lengths(self, IRIS_FEATURE_TABLE.names)
+        return self
+
+
+class IrisColumnsPrediction(BaseModel):
+    """Answer to POST /predict/iris/columns: one value per row in each list, in request order."""
+
+    species: list[IrisSpecies] = Field(description="The most probable species of each row.")
+    setosa: list[Annotated[float, Field(ge=0, le=1)]] = Field(description="Probability of Iris setosa, per row.")
+    versicolor: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        description="Probability of Iris versicolor, per row."
+    )
+    virginica: list[Annotated[float, Field(ge=0, le=1)]] = Field(description="Probability of Iris virginica, per row.")
+    confidence: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        description="Probability of each row's predicted species (the largest of its three), from 1/3 to 1."
+    )
+    prediction_ids: list[str] = Field(
+        description="Unique id of each row's prediction (a UUIDv7): the key of its prediction-log row "
+        "(GET /predictions/{prediction_id})."
+    )
+    model: ModelVersion = Field(description="The model version that made every classification.")
 
 
 class FeatureSpec(BaseModel):

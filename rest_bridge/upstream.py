@@ -196,6 +196,23 @@ class Upstream:
             routing_key=routing_key,
         )
 
+    async def predict_housing_columns(
+        self,
+        message: housing_pb2.HousingColumns,
+        *,
+        request_id: str,
+        receive: Receive,
+        routing_key: str | None = None,
+    ) -> housing_pb2.HousingColumnsPrediction:
+        return await self._call(
+            f"{HOUSING_SERVICE}/PredictColumns",
+            self._housing.PredictColumns,
+            message,
+            request_id,
+            receive,
+            routing_key=routing_key,
+        )
+
     async def classify_iris(
         self,
         message: iris_pb2.IrisFeatures,
@@ -219,6 +236,23 @@ class Upstream:
         return await self._call(
             f"{IRIS_SERVICE}/ClassifyBatch",
             self._iris.ClassifyBatch,
+            message,
+            request_id,
+            receive,
+            routing_key=routing_key,
+        )
+
+    async def classify_iris_columns(
+        self,
+        message: iris_pb2.IrisColumns,
+        *,
+        request_id: str,
+        receive: Receive,
+        routing_key: str | None = None,
+    ) -> iris_pb2.IrisColumnsPrediction:
+        return await self._call(
+            f"{IRIS_SERVICE}/ClassifyColumns",
+            self._iris.ClassifyColumns,
             message,
             request_id,
             receive,

@@ -18,6 +18,7 @@ from server.domain import (
     LoadFailure,
     ModelVersionRef,
 )
+from server.errors import FieldViolation, InvalidInputError
 from server.features import FeatureTable
 
 DOLLARS_PER_UNIT = 100_000.0
@@ -45,6 +46,53 @@ def features_to_batch(messages: Sequence[Message], table: FeatureTable, *, is_ba
                 values[row, column] = np.nan
                 missing[row, column] = True
     return FeatureBatch(values=values, missing=missing, is_batch=is_batch)
+
+
+def columns_to_batch(message: Message, table: FeatureTable) -> FeatureBatch:
+    """Read a columns message (one repeated double per feature) into a (rows, features) matrix.
+
+    Every column must have the same length; a column of another length than the longest is named.
+    """
+    columns = [getattr(message, name) for name in table.names]
+    lengths = [len(column) for column in columns]
+    rows = max(lengths)
+    if min(lengths) != rows:
+        violations = tuple(
+            FieldViolation(name, f"has {length} values; the longest column has {rows}")
+            for name, length in zip(table.names, lengths, strict=True)
+            if length != rows
+        )
+        raise InvalidInputError(
+            f"{violations[0].field}: {violations[0].description} (every column needs one value per row)", violations
+        )
+    values = np.empty((rows, len(columns)), dtype=np.float64)
+    for index, column in enumerate(columns):
+        values[:, index] = np.fromiter(column, dtype=np.float64, count=rows)
+    return FeatureBatch(values=values, is_batch=True, columnar=True)
+
+
+def housing_columns_to_proto(result: HousingPredictions) -> housing_pb2.HousingColumnsPrediction:
+    values = np.asarray(result.values, dtype=np.float64)
+    return housing_pb2.HousingColumnsPrediction(
+        median_house_value=values.tolist(),
+        median_house_value_usd=(values * DOLLARS_PER_UNIT).tolist(),
+        prediction_ids=result.prediction_ids,
+        model=model_version_to_proto(result.model, result.variant),
+    )
+
+
+def iris_columns_to_proto(result: IrisClassifications) -> iris_pb2.IrisColumnsPrediction:
+    probabilities = np.asarray(result.probabilities, dtype=np.float64)
+    best = np.argmax(probabilities, axis=1)
+    return iris_pb2.IrisColumnsPrediction(
+        species=np.asarray(SPECIES_ENUM)[best].tolist(),
+        setosa=probabilities[:, 0].tolist(),
+        versicolor=probabilities[:, 1].tolist(),
+        virginica=probabilities[:, 2].tolist(),
+        confidence=probabilities[np.arange(len(best)), best].tolist(),
+        prediction_ids=result.prediction_ids,
+        model=model_version_to_proto(result.model, result.variant),
+    )
 
 
 def model_version_to_proto(ref: ModelVersionRef, variant: str = "champion") -> model_pb2.ModelVersion:

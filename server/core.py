@@ -146,14 +146,15 @@ class ModelEndpoint:
     def _check_size(self, batch: FeatureBatch) -> None:
         if not batch.is_batch:
             return
+        field, unit = ("columns", "row") if batch.columnar else ("instances", "instance")
         if batch.rows == 0:
             raise InvalidInputError(
-                "instances: a batch needs at least one instance",
-                (FieldViolation("instances", "must hold at least one instance"),),
+                f"{field}: a batch needs at least one {unit}",
+                (FieldViolation(field, f"must hold at least one {unit}"),),
             )
         if batch.rows > self.max_batch_size:
-            description = f"holds {batch.rows} instances; at most {self.max_batch_size} are allowed"
-            raise InvalidInputError(f"instances: {description}", (FieldViolation("instances", description),))
+            description = f"holds {batch.rows} {unit}s; at most {self.max_batch_size} are allowed"
+            raise InvalidInputError(f"{field}: {description}", (FieldViolation(field, description),))
 
 
 class HousingEndpoint(ModelEndpoint):

@@ -26,6 +26,8 @@ class FeatureBatch:
     values: FloatMatrix
     missing: BoolMatrix | None = None
     is_batch: bool = False
+    columnar: bool = False
+    """The caller sent one array per feature: errors name ``field[i]`` rather than ``instances[i].field``."""
 
     @property
     def rows(self) -> int:

@@ -74,7 +74,10 @@ class FeatureTable:
 
     def _violation(self, batch: FeatureBatch, row: int, column: int) -> FieldViolation:
         spec = self.specs[column]
-        path = f"instances[{row}].{spec.name}" if batch.is_batch else spec.name
+        if batch.columnar:
+            path = f"{spec.name}[{row}]"
+        else:
+            path = f"instances[{row}].{spec.name}" if batch.is_batch else spec.name
         value = float(batch.values[row, column])
         if batch.missing is not None and batch.missing[row, column]:
             return FieldViolation(path, "is required but was not set")

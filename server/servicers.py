@@ -62,6 +62,12 @@ class HousingPredictorServicer(housing_pb2_grpc.HousingPredictorServicer):
         batch = converters.features_to_batch(request.instances, self._endpoint.features, is_batch=True)
         return converters.housing_batch_to_proto(self._endpoint.predict(batch, request_context(context)))
 
+    def PredictColumns(  # noqa: N802
+        self, request: housing_pb2.HousingColumns, context: grpc.ServicerContext
+    ) -> housing_pb2.HousingColumnsPrediction:
+        batch = converters.columns_to_batch(request, self._endpoint.features)
+        return converters.housing_columns_to_proto(self._endpoint.predict(batch, request_context(context)))
+
     def GetModelInfo(  # noqa: N802
         self, request: model_pb2.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> model_pb2.ModelInfo:
@@ -84,6 +90,12 @@ class IrisClassifierServicer(iris_pb2_grpc.IrisClassifierServicer):
     ) -> iris_pb2.IrisBatchPrediction:
         batch = converters.features_to_batch(request.instances, self._endpoint.features, is_batch=True)
         return converters.iris_batch_to_proto(self._endpoint.classify(batch, request_context(context)))
+
+    def ClassifyColumns(  # noqa: N802
+        self, request: iris_pb2.IrisColumns, context: grpc.ServicerContext
+    ) -> iris_pb2.IrisColumnsPrediction:
+        batch = converters.columns_to_batch(request, self._endpoint.features)
+        return converters.iris_columns_to_proto(self._endpoint.classify(batch, request_context(context)))
 
     def GetModelInfo(  # noqa: N802
         self, request: model_pb2.GetModelInfoRequest, context: grpc.ServicerContext

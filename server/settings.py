@@ -46,11 +46,12 @@ class ServerSettings(BaseSettings):
         16 * 1024 * 1024, ge=1024, description="Largest request or response message, in bytes."
     )
     grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM/SIGINT, time in-flight RPCs get to finish.")
-    parallel_batch_rows: int = Field(
-        256,
+    parallel_batch_rows: int | None = Field(
+        None,
         ge=1,
-        description="Batches of at least this many rows predict with every core; smaller ones with one "
-        "thread, which is faster for them and leaves the other cores to concurrent calls.",
+        description="Batches of at least this many rows predict with every core (unset: every batch on one thread). "
+        "Off by default: on 2 cores, gradient boosting's per-tree parallel regions made a 1,000-row batch of the "
+        "600-tree housing model take 60 ms instead of 31 ms on one thread, and 10,000 rows 450 instead of 324 ms.",
     )
     model_poll_seconds: float = Field(
         10.0,

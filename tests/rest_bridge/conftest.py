@@ -36,6 +36,11 @@ HOUSE = {
 }
 
 
+def columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    """The body of a columns route for ``rows`` (each a dict of features): one list per feature, in row order."""
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
 def proto_json(message: Message) -> dict[str, Any]:
     """The proto3 JSON form of a message, with the proto field names and every field written."""
     return json_format.MessageToDict(

@@ -164,6 +164,16 @@ class ScriptedHousing(housing_pb2_grpc.HousingPredictorServicer):
             predictions=[value] * len(request.instances), model=_version("Housing")
         )
 
+    def PredictColumns(self, request: Any, context: grpc.ServicerContext) -> housing_pb2.HousingColumnsPrediction:  # noqa: N802
+        self.script.run(context, request)
+        rows = len(request.median_income)
+        return housing_pb2.HousingColumnsPrediction(
+            median_house_value=[2.0] * rows,
+            median_house_value_usd=[200_000.0] * rows,
+            prediction_ids=[PREDICTION_ID] * rows,
+            model=_version("Housing"),
+        )
+
     def GetModelInfo(self, request: Any, context: grpc.ServicerContext) -> model_pb2.ModelInfo:  # noqa: N802
         self.script.run(context)
         return model_info("Housing")
@@ -191,6 +201,19 @@ class ScriptedIris(iris_pb2_grpc.IrisClassifierServicer):
         self.script.run(context)
         return iris_pb2.IrisBatchPrediction(
             classifications=[iris_pb2.IrisClassification(**_classification()) for _ in request.instances],
+            model=_version("Iris"),
+        )
+
+    def ClassifyColumns(self, request: Any, context: grpc.ServicerContext) -> iris_pb2.IrisColumnsPrediction:  # noqa: N802
+        self.script.run(context, request)
+        rows = len(request.sepal_length_cm)
+        return iris_pb2.IrisColumnsPrediction(
+            species=[iris_pb2.IRIS_SPECIES_VIRGINICA] * rows,
+            setosa=[0.1] * rows,
+            versicolor=[0.2] * rows,
+            virginica=[0.7] * rows,
+            confidence=[0.7] * rows,
+            prediction_ids=[PREDICTION_ID] * rows,
             model=_version("Iris"),
         )
 

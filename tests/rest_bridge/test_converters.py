@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from protos.prediction.v1 import admin_pb2, housing_pb2, iris_pb2, model_pb2
 from rest_bridge import converters, schemas
 
-from .conftest import HOUSE, IRIS, rest_json
+from .conftest import HOUSE, IRIS, columns, rest_json
 from .scripted_server import drift_report, finished_operation, logged_prediction, model_quality, registered_versions
 
 VERSION = model_pb2.ModelVersion(name="IrisBestModel", version="3", alias="champion", run_id="abc", variant="champion")
@@ -27,6 +27,56 @@ def test_requests_carry_every_feature():
     assert converters.iris_features_to_proto(schemas.IrisFeatures(**IRIS)) == iris_pb2.IrisFeatures(**IRIS)
     houses = converters.housing_batch_to_proto(schemas.HousingBatchRequest.model_validate({"instances": [HOUSE]}))
     assert houses == housing_pb2.HousingBatchRequest(instances=[housing_pb2.HousingFeatures(**HOUSE)])
+
+
+def test_columns_requests_carry_every_column_in_row_order():
+    houses = [HOUSE, {**HOUSE, "median_income": 1.5, "house_age": 7}]
+    body = schemas.HousingColumns.model_validate(columns(houses))
+    message = converters.housing_columns_to_proto(body)
+    assert message == housing_pb2.HousingColumns(**columns(houses))
+    assert [len(values) for _, values in message.ListFields()] == [2] * 8
+    assert list(message.house_age) == [41.0, 7.0]
+    flowers = converters.iris_columns_to_proto(schemas.IrisColumns.model_validate(columns([IRIS, IRIS])))
+    assert flowers == iris_pb2.IrisColumns(**columns([IRIS, IRIS]))
+
+
+def test_columns_answers():
+    housing = converters.housing_columns_from_proto(
+        housing_pb2.HousingColumnsPrediction(
+            median_house_value=[1.0, 2.5],
+            median_house_value_usd=[100_000.0, 250_000.0],
+            prediction_ids=["id-1", "id-2"],
+            model=VERSION,
+        )
+    )
+    assert housing.model_dump(mode="json") == {
+        "median_house_value": [1.0, 2.5],
+        "median_house_value_usd": [100_000.0, 250_000.0],
+        "prediction_ids": ["id-1", "id-2"],
+        "model": {"name": "IrisBestModel", "version": "3", "alias": "champion", "run_id": "abc", "variant": "champion"},
+    }
+    message = iris_pb2.IrisColumnsPrediction(
+        species=[iris_pb2.IRIS_SPECIES_VIRGINICA, iris_pb2.IRIS_SPECIES_SETOSA, iris_pb2.IRIS_SPECIES_VERSICOLOR],
+        setosa=[0.1, 0.8, 0.1],
+        versicolor=[0.2, 0.1, 0.6],
+        virginica=[0.7, 0.1, 0.3],
+        confidence=[0.7, 0.8, 0.6],
+        prediction_ids=["id-1", "id-2", "id-3"],
+        model=VERSION,
+    )
+    iris = converters.iris_columns_from_proto(message)
+    assert iris.model_dump(mode="json") == {
+        "species": ["virginica", "setosa", "versicolor"],
+        "setosa": [0.1, 0.8, 0.1],
+        "versicolor": [0.2, 0.1, 0.6],
+        "virginica": [0.7, 0.1, 0.3],
+        "confidence": [0.7, 0.8, 0.6],
+        "prediction_ids": ["id-1", "id-2", "id-3"],
+        "model": {"name": "IrisBestModel", "version": "3", "alias": "champion", "run_id": "abc", "variant": "champion"},
+    }
+    message.species[1] = iris_pb2.IRIS_SPECIES_UNSPECIFIED
+    with pytest.raises(converters.UnexpectedResponseError, match="IrisSpecies 0"):
+        converters.iris_columns_from_proto(message)
 
 
 def test_species_enum_maps_by_name():

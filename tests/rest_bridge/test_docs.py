@@ -58,8 +58,10 @@ async def test_the_schema_documents_every_route_and_the_error_body(client):
     assert set(schema["paths"]) == {
         "/predict/housing",
         "/predict/housing/batch",
+        "/predict/housing/columns",
         "/predict/iris",
         "/predict/iris/batch",
+        "/predict/iris/columns",
         "/models",
         "/health",
         "/ready",

@@ -6,7 +6,7 @@ import pytest
 from rest_bridge.errors import HTTP_STATUS_BY_CODE, SERVER_ERROR_MESSAGES, bad_request_violations, http_status_for
 from rest_bridge.schemas import ErrorResponse
 
-from .conftest import HOUSE, IRIS, bridge
+from .conftest import HOUSE, IRIS, bridge, columns
 from .scripted_server import SCRIPTED_AUTHORIZATION, VIOLATIONS, ScriptedServer
 
 pytestmark = pytest.mark.anyio
@@ -70,6 +70,8 @@ async def test_each_upstream_status_becomes_its_http_status(scripted: ScriptedSe
         ("POST", "/predict/housing", HOUSE),
         ("POST", "/predict/housing/batch", {"instances": [HOUSE]}),
         ("POST", "/predict/iris/batch", {"instances": [IRIS]}),
+        ("POST", "/predict/housing/columns", columns([HOUSE])),
+        ("POST", "/predict/iris/columns", columns([IRIS])),
         ("GET", "/models", None),
         ("POST", "/retrain", {"model": "housing"}),
         ("GET", "/operations/abc", None),
@@ -121,3 +123,12 @@ def test_undecodable_status_details_are_ignored():
     assert bad_request_violations([("grpc-status-details-bin", b"\xff\xff not a status")]) == []
     assert bad_request_violations([("other", b"")]) == []
     assert bad_request_violations(None) == []
+
+
+async def test_the_real_server_reports_too_many_column_rows_as_columns(client):
+    # Within the bridge's own limit (MAX_COLUMN_ROWS) but over this server's (5): the server's violation comes through.
+    response = await client.post("/predict/iris/columns", json=columns([IRIS] * 6))
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert error["details"] == [{"field": "columns", "description": "holds 6 rows; at most 5 are allowed"}]

@@ -7,7 +7,7 @@ from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_p
 from server.app import PredictionServer
 from server.features import HOUSING_FEATURE_TABLE, IRIS_FEATURE_TABLE
 
-from .conftest import HOUSE, IRIS, bridge, proto_json, rest_json, without_prediction_ids
+from .conftest import HOUSE, IRIS, bridge, columns, proto_json, rest_json, without_prediction_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -33,6 +33,8 @@ async def test_rest_and_grpc_agree_on_every_prediction(mlflow_server: Prediction
         house_batch = housing.PredictBatch(
             housing_pb2.HousingBatchRequest(instances=[housing_pb2.HousingFeatures(**each) for each in HOUSES])
         )
+        flower_columns = iris.ClassifyColumns(iris_pb2.IrisColumns(**columns(FLOWERS)))
+        house_columns = housing.PredictColumns(housing_pb2.HousingColumns(**columns(HOUSES)))
         infos = [stub.GetModelInfo(model_pb2.GetModelInfoRequest()) for stub in (housing, iris)]
 
     async with bridge(target) as client:
@@ -50,6 +52,31 @@ async def test_rest_and_grpc_agree_on_every_prediction(mlflow_server: Prediction
             assert rest == without_prediction_ids(proto_json(predicted))
         batch = (await client.post("/predict/housing/batch", json={"instances": HOUSES})).json()
         assert without_prediction_ids(batch) == without_prediction_ids(proto_json(house_batch))
+
+        # The columns routes: what the server's columns call answers, and value for value what the batch routes answer.
+        rest_columns = (await client.post("/predict/iris/columns", json=columns(FLOWERS))).json()
+        assert rest_columns == {
+            **proto_json(flower_columns),
+            "species": [SPECIES[each] for each in flower_columns.species],
+            "prediction_ids": rest_columns["prediction_ids"],
+        }
+        assert len(set(rest_columns["prediction_ids"])) == len(FLOWERS)
+        classified_batch = (await client.post("/predict/iris/batch", json={"instances": FLOWERS})).json()
+        rows = classified_batch["classifications"]
+        assert rest_columns["species"] == [each["species"] for each in rows]
+        for species in ("setosa", "versicolor", "virginica"):
+            assert rest_columns[species] == [each["probabilities"][species] for each in rows]
+        assert rest_columns["confidence"] == [each["confidence"] for each in rows]
+        assert rest_columns["setosa"] == [each.probabilities.setosa for each in flower_batch.classifications]
+        assert rest_columns["model"] == classified_batch["model"]
+
+        rest_houses = (await client.post("/predict/housing/columns", json=columns(HOUSES))).json()
+        assert rest_houses == {**proto_json(house_columns), "prediction_ids": rest_houses["prediction_ids"]}
+        assert len(set(rest_houses["prediction_ids"])) == len(HOUSES)
+        for name in ("median_house_value", "median_house_value_usd"):
+            assert rest_houses[name] == [each[name] for each in batch["predictions"]]
+            assert rest_houses[name] == [getattr(each, name) for each in house_batch.predictions]  # bit for bit
+        assert rest_houses["model"] == batch["model"]
 
         models = (await client.get("/models")).json()
     for rest_info, info in zip((models["housing"], models["iris"]), infos, strict=True):

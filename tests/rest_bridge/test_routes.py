@@ -9,7 +9,7 @@ from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_p
 from server.app import PredictionServer
 
 from ..server.conftest import in_memory_registry, running_server
-from .conftest import HOUSE, IRIS, bridge, proto_json, rest_json, without_prediction_ids
+from .conftest import HOUSE, IRIS, bridge, columns, proto_json, rest_json, without_prediction_ids
 from .scripted_server import PREDICTION_ID, ScriptedServer, model_info
 
 pytestmark = pytest.mark.anyio
@@ -20,6 +20,8 @@ PREDICT_ROUTES = [
     ("/predict/housing/batch", {"instances": [HOUSE]}),
     ("/predict/iris", IRIS),
     ("/predict/iris/batch", {"instances": [IRIS]}),
+    ("/predict/housing/columns", columns([HOUSE])),
+    ("/predict/iris/columns", columns([IRIS])),
 ]
 FLOWERS = [
     IRIS,
@@ -69,6 +71,40 @@ async def test_predict_housing_batch(client):
     values = [each["median_house_value"] for each in response.json()["predictions"]]
     singles = [(await client.post("/predict/housing", json=house)).json()["median_house_value"] for house in houses]
     assert values == singles
+
+
+async def test_predict_iris_columns_keeps_row_order(client):
+    response = await client.post("/predict/iris/columns", json=columns(FLOWERS))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"species", "setosa", "versicolor", "virginica", "confidence", "prediction_ids", "model"}
+    assert body["species"] == ["setosa", "versicolor", "virginica"]
+    rows = list(zip(body["setosa"], body["versicolor"], body["virginica"], strict=True))
+    assert body["confidence"] == [max(each) for each in rows]
+    assert [sum(each) for each in rows] == pytest.approx([1, 1, 1])
+    assert all(UUID_TEXT.fullmatch(each) for each in body["prediction_ids"])
+    assert len(set(body["prediction_ids"])) == 3
+    assert body["model"] == {
+        "name": "IrisBestModel",
+        "version": "2",
+        "alias": "champion",
+        "run_id": "",
+        "variant": "champion",
+    }
+
+
+async def test_predict_housing_columns_answers_as_the_batch_route(client):
+    houses = [HOUSE, {**HOUSE, "median_income": 1.5}, {**HOUSE, "latitude": 34.05}]
+    response = await client.post("/predict/housing/columns", json=columns(houses))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    batch = (await client.post("/predict/housing/batch", json={"instances": houses})).json()
+    assert body["median_house_value"] == [each["median_house_value"] for each in batch["predictions"]]
+    assert body["median_house_value_usd"] == [each["median_house_value_usd"] for each in batch["predictions"]]
+    assert body["model"] == batch["model"]
+    assert len(set(body["prediction_ids"])) == 3
+    assert all(UUID_TEXT.fullmatch(each) for each in body["prediction_ids"])
 
 
 async def test_models_describes_both_services(client, prediction_server: PredictionServer):
@@ -287,3 +323,46 @@ async def test_predictions_carry_every_field_from_the_scripted_server(scripted: 
         house = (await client.post("/predict/housing", json=HOUSE)).json()
     assert [each["prediction_id"] for each in iris["classifications"]] == [PREDICTION_ID] * 2
     assert (house["prediction_id"], house["model"]["variant"]) == (PREDICTION_ID, "champion")
+
+
+async def test_columns_reach_the_server_as_the_sent_lists(scripted: ScriptedServer):
+    houses = [HOUSE, {**HOUSE, "median_income": 1.5, "house_age": 7}]
+    async with bridge(scripted.target) as client:
+        housing = await client.post("/predict/housing/columns", json=columns(houses))
+        sent_houses = scripted.script.requests[-1]
+        iris = await client.post("/predict/iris/columns", json=columns([IRIS, IRIS]))
+        sent_flowers = scripted.script.requests[-1]
+    assert housing.status_code == 200, housing.text
+    assert sent_houses == housing_pb2.HousingColumns(**columns(houses))
+    assert sent_flowers == iris_pb2.IrisColumns(**columns([IRIS, IRIS]))
+    assert housing.json() == {
+        "median_house_value": [2.0, 2.0],
+        "median_house_value_usd": [200_000.0, 200_000.0],
+        "prediction_ids": [PREDICTION_ID] * 2,
+        "model": {"name": "Housing", "version": "7", "alias": "champion", "run_id": "run-7", "variant": "champion"},
+    }
+    assert iris.json() == {
+        "species": ["virginica", "virginica"],
+        "setosa": [0.1, 0.1],
+        "versicolor": [0.2, 0.2],
+        "virginica": [0.7, 0.7],
+        "confidence": [0.7, 0.7],
+        "prediction_ids": [PREDICTION_ID] * 2,
+        "model": {"name": "Iris", "version": "7", "alias": "champion", "run_id": "run-7", "variant": "champion"},
+    }
+
+
+@pytest.mark.parametrize("path", ["/predict/housing/columns", "/predict/iris/columns"])
+async def test_the_columns_routes_send_and_return_the_request_id(scripted: ScriptedServer, path: str):
+    body = columns([HOUSE] if "housing" in path else [IRIS])
+    async with bridge(scripted.target) as client:
+        response = await client.post(path, json=body, headers={"X-Request-ID": "columns-trace.1"})
+        generated = await client.post(path, json=body)
+        refused = await client.post(path, json={**body, "extra": [1]}, headers={"X-Request-ID": "columns-bad.1"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "columns-trace.1"
+    assert scripted.script.metadata[-2]["x-request-id"] == "columns-trace.1"
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
+    assert scripted.script.metadata[-1]["x-request-id"] == generated.headers["x-request-id"]
+    assert refused.status_code == 422
+    assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"] == "columns-bad.1"

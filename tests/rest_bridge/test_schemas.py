@@ -34,10 +34,14 @@ EXPOSED: list[tuple[Descriptor, type[BaseModel]]] = [
     (housing_pb2.HousingBatchRequest.DESCRIPTOR, schemas.HousingBatchRequest),
     (housing_pb2.HousingPrediction.DESCRIPTOR, schemas.HousingPrediction),
     (housing_pb2.HousingBatchPrediction.DESCRIPTOR, schemas.HousingBatchPrediction),
+    (housing_pb2.HousingColumns.DESCRIPTOR, schemas.HousingColumns),
+    (housing_pb2.HousingColumnsPrediction.DESCRIPTOR, schemas.HousingColumnsPrediction),
     (iris_pb2.IrisFeatures.DESCRIPTOR, schemas.IrisFeatures),
     (iris_pb2.IrisBatchRequest.DESCRIPTOR, schemas.IrisBatchRequest),
     (iris_pb2.IrisPrediction.DESCRIPTOR, schemas.IrisPrediction),
     (iris_pb2.IrisBatchPrediction.DESCRIPTOR, schemas.IrisBatchPrediction),
+    (iris_pb2.IrisColumns.DESCRIPTOR, schemas.IrisColumns),
+    (iris_pb2.IrisColumnsPrediction.DESCRIPTOR, schemas.IrisColumnsPrediction),
     (model_pb2.ModelInfo.DESCRIPTOR, schemas.ModelInfo),
     (admin_pb2.RetrainRequest.DESCRIPTOR, schemas.RetrainRequest),
     (admin_pb2.Operation.DESCRIPTOR, schemas.Operation),
@@ -111,7 +115,10 @@ def _unwrap(annotation: object) -> tuple[str, object, bool]:
         annotation = typing.get_args(annotation)[0]
         origin = typing.get_origin(annotation)
     if origin is list:
-        return "list", typing.get_args(annotation)[0], optional
+        item = typing.get_args(annotation)[0]
+        if typing.get_origin(item) is typing.Annotated:  # a column's values carry their bounds
+            item = typing.get_args(item)[0]
+        return "list", item, optional
     if origin is dict:
         key, value = typing.get_args(annotation)
         if typing.get_origin(key) is typing.Annotated:
@@ -271,6 +278,26 @@ def test_feature_fields_follow_the_server_table(model: type[BaseModel], table):
         assert spec.name in model.model_fields
         assert model.model_fields[spec.name].is_required()
     assert model.model_validate(model.model_json_schema()["examples"][0])
+
+
+@pytest.mark.parametrize(
+    ("model", "table"), [(schemas.HousingColumns, HOUSING_FEATURE_TABLE), (schemas.IrisColumns, IRIS_FEATURE_TABLE)]
+)
+def test_column_fields_follow_the_server_table(model: type[BaseModel], table):
+    # Every column is required, 1 to MAX_COLUMN_ROWS values, each value with the bounds of its feature; the JSON
+    # schema says so, so that schemathesis' valid columns are valid to the bridge.
+    assert tuple(model.model_fields) == table.names
+    schema = model.model_json_schema()
+    assert schema["required"] == list(table.names)
+    assert schema["additionalProperties"] is False
+    for spec in table.specs:
+        column = schema["properties"][spec.name]
+        assert (column["type"], column["minItems"], column["maxItems"]) == ("array", 1, schemas.MAX_COLUMN_ROWS)
+        low = "exclusiveMinimum" if spec.exclusive_minimum else "minimum"
+        assert column["items"] == {"type": "number", low: spec.minimum, "maximum": spec.maximum}
+        assert spec.unit in column["description"]
+    assert schemas.MAX_COLUMN_ROWS == 1000  # the server's default max_batch_size
+    assert model.model_validate(schema["examples"][0])
 
 
 def test_request_models_are_strict():

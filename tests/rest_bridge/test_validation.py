@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from .conftest import HOUSE, IRIS, bridge
+from .conftest import HOUSE, IRIS, bridge, columns
 from .scripted_server import SCRIPTED_AUTHORIZATION, ScriptedServer
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +62,90 @@ async def test_an_empty_batch(client):
 async def test_a_batch_over_the_server_maximum(client):
     response = await client.post("/predict/housing/batch", json={"instances": [HOUSE] * 6})
     assert _fields(response) == ["instances"]
+    assert "at most 5" in response.json()["error"]["message"]
+
+
+async def test_columns_of_unequal_lengths_name_each_column_that_differs(scripted: ScriptedServer):
+    calls = len(scripted.script.requests)
+    body = columns([IRIS] * 6)
+    body["petal_width_cm"] = body["petal_width_cm"][:5]
+    body["sepal_width_cm"] = body["sepal_width_cm"][:2]
+    async with bridge(scripted.target) as client:
+        response = await client.post("/predict/iris/columns", json=body)
+        houses = columns([HOUSE] * 2)
+        houses["latitude"] = houses["latitude"] * 2
+        longer = await client.post("/predict/housing/columns", json=houses)
+    # As the server names them: each column whose length differs from the longest.
+    assert response.json()["error"]["details"] == [
+        {"field": "sepal_width_cm", "description": "has 2 values; the longest column has 6"},
+        {"field": "petal_width_cm", "description": "has 5 values; the longest column has 6"},
+    ]
+    assert _fields(response) == ["sepal_width_cm", "petal_width_cm"]
+    assert response.json()["error"]["message"] == (
+        "sepal_width_cm: has 2 values; the longest column has 6 (and 1 more invalid field)"
+    )
+    # A longer column names every other one, which are all shorter than it.
+    assert _fields(longer) == [name for name in HOUSE if name != "latitude"]
+    assert len(scripted.script.requests) == calls, "refused before the server saw it"
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999", '"3.5"', "true", "null"])
+async def test_a_bad_value_in_a_column_names_its_column_and_row(scripted: ScriptedServer, literal: str):
+    calls = len(scripted.script.requests)
+    text = json.dumps(columns([IRIS, IRIS, {**IRIS, "sepal_width_cm": 9.75}])).replace("9.75", literal)
+    async with bridge(scripted.target) as client:
+        response = await client.post(
+            "/predict/iris/columns", content=text, headers={"content-type": "application/json"}
+        )
+    assert _fields(response) == ["sepal_width_cm[2]"]
+    assert len(scripted.script.requests) == calls
+
+
+async def test_out_of_range_values_in_columns_name_their_row(scripted: ScriptedServer):
+    calls = len(scripted.script.requests)
+    houses = [HOUSE, {**HOUSE, "latitude": 50.0}, {**HOUSE, "longitude": -100.0, "population": -1}]
+    async with bridge(scripted.target) as client:
+        response = await client.post("/predict/housing/columns", json=columns(houses))
+        exclusive = await client.post("/predict/iris/columns", json=columns([{**IRIS, "petal_width_cm": 0}]))
+    assert _fields(response) == ["population[2]", "latitude[1]", "longitude[2]"]
+    assert response.json()["error"]["message"].endswith("(and 2 more invalid fields)")
+    assert _fields(exclusive) == ["petal_width_cm[0]"]
+    assert len(scripted.script.requests) == calls
+
+
+async def test_a_missing_empty_or_unknown_column(client):
+    missing = {name: values for name, values in columns([HOUSE]).items() if name != "latitude"}
+    response = await client.post("/predict/housing/columns", json=missing)
+    assert _fields(response) == ["latitude"]
+    assert response.json()["error"]["message"] == "latitude: Field required"
+    empty = {**columns([IRIS]), "petal_length_cm": []}
+    assert _fields(await client.post("/predict/iris/columns", json=empty)) == ["petal_length_cm"]
+    nothing: dict[str, list[float]] = {name: [] for name in IRIS}
+    assert _fields(await client.post("/predict/iris/columns", json=nothing)) == list(IRIS)
+    assert _fields(await client.post("/predict/iris/columns", json={**columns([IRIS]), "colour": ["blue"]})) == [
+        "colour"
+    ]
+    assert _fields(await client.post("/predict/iris/columns", json={**columns([IRIS]), "petal_width_cm": 0.2})) == [
+        "petal_width_cm"
+    ]
+    assert _fields(await client.post("/predict/iris/columns", json=[columns([IRIS])])) == [""]
+
+
+async def test_more_column_rows_than_the_bridge_maximum(scripted: ScriptedServer):
+    calls = len(scripted.script.requests)
+    async with bridge(scripted.target) as client:
+        too_many = await client.post("/predict/iris/columns", json=columns([IRIS] * 1001))
+        most = await client.post("/predict/iris/columns", json=columns([IRIS] * 1000))
+    assert _fields(too_many) == list(IRIS)
+    assert "at most 1000" in too_many.json()["error"]["message"]
+    assert len(scripted.script.requests) == calls + 1
+    assert most.status_code == 200, most.text
+    assert len(most.json()["species"]) == 1000
+
+
+async def test_more_column_rows_than_the_server_maximum(client):
+    response = await client.post("/predict/housing/columns", json=columns([HOUSE] * 6))
+    assert _fields(response) == ["columns"]
     assert "at most 5" in response.json()["error"]["message"]
 
 

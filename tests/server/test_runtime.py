@@ -76,9 +76,9 @@ def test_rpc_workers_run_openmp_single_threaded_and_large_batches_use_every_core
     probe = ThreadpoolProbe()
     registry = in_memory_registry(housing=False)
     registry.register("CaliforniaHousingBestModel", probe, alias="champion")
-    with running_server(registry) as server, channel_to(server) as channel:
+    with running_server(registry, parallel_batch_rows=256) as server, channel_to(server) as channel:
         stub = housing_pb2_grpc.HousingPredictorStub(channel)
-        large = server.settings.parallel_batch_rows
+        large = 256
         probe.seen.clear()  # the warm-up at load ran on this thread, not on a worker
         stub.PredictBatch(_houses(1))
         stub.PredictBatch(_houses(large))

@@ -223,3 +223,95 @@ class HousingBatchPrediction(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HousingBatchPrediction: _TypeAlias = HousingBatchPrediction  # noqa: Y015
+
+@_typing.final
+class HousingColumns(_message.Message):
+    """A batch of block groups as columns: every column holds one value per row, so all must have the same length
+    (INVALID_ARGUMENT otherwise, naming the columns that differ). Units and accepted ranges as in HousingFeatures.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIAN_INCOME_FIELD_NUMBER: _builtins.int
+    HOUSE_AGE_FIELD_NUMBER: _builtins.int
+    AVERAGE_ROOMS_FIELD_NUMBER: _builtins.int
+    AVERAGE_BEDROOMS_FIELD_NUMBER: _builtins.int
+    POPULATION_FIELD_NUMBER: _builtins.int
+    AVERAGE_OCCUPANCY_FIELD_NUMBER: _builtins.int
+    LATITUDE_FIELD_NUMBER: _builtins.int
+    LONGITUDE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def median_income(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def house_age(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def average_rooms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def average_bedrooms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def population(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def average_occupancy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def latitude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def longitude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        median_income: _abc.Iterable[_builtins.float] | None = ...,
+        house_age: _abc.Iterable[_builtins.float] | None = ...,
+        average_rooms: _abc.Iterable[_builtins.float] | None = ...,
+        average_bedrooms: _abc.Iterable[_builtins.float] | None = ...,
+        population: _abc.Iterable[_builtins.float] | None = ...,
+        average_occupancy: _abc.Iterable[_builtins.float] | None = ...,
+        latitude: _abc.Iterable[_builtins.float] | None = ...,
+        longitude: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_bedrooms", b"average_bedrooms", "average_occupancy", b"average_occupancy", "average_rooms", b"average_rooms", "house_age", b"house_age", "latitude", b"latitude", "longitude", b"longitude", "median_income", b"median_income", "population", b"population"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HousingColumns: _TypeAlias = HousingColumns  # noqa: Y015
+
+@_typing.final
+class HousingColumnsPrediction(_message.Message):
+    """Answer to PredictColumns: one value per row in each column, in request order, all from one model version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIAN_HOUSE_VALUE_FIELD_NUMBER: _builtins.int
+    MEDIAN_HOUSE_VALUE_USD_FIELD_NUMBER: _builtins.int
+    PREDICTION_IDS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def median_house_value(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Predicted median house values in units of $100,000."""
+
+    @_builtins.property
+    def median_house_value_usd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The same in US dollars."""
+
+    @_builtins.property
+    def prediction_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One prediction id (UUIDv7) per row."""
+
+    @_builtins.property
+    def model(self) -> _model_pb2.ModelVersion: ...
+    def __init__(
+        self,
+        *,
+        median_house_value: _abc.Iterable[_builtins.float] | None = ...,
+        median_house_value_usd: _abc.Iterable[_builtins.float] | None = ...,
+        prediction_ids: _abc.Iterable[_builtins.str] | None = ...,
+        model: _model_pb2.ModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["median_house_value", b"median_house_value", "median_house_value_usd", b"median_house_value_usd", "model", b"model", "prediction_ids", b"prediction_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HousingColumnsPrediction: _TypeAlias = HousingColumnsPrediction  # noqa: Y015

@@ -51,6 +51,11 @@ class HousingPredictorStub:
                 request_serializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingBatchRequest.SerializeToString,
                 response_deserializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingBatchPrediction.FromString,
                 _registered_method=True)
+        self.PredictColumns = channel.unary_unary(
+                '/prediction.v1.HousingPredictor/PredictColumns',
+                request_serializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumns.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumnsPrediction.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/prediction.v1.HousingPredictor/GetModelInfo',
                 request_serializer=protos_dot_prediction_dot_v1_dot_model__pb2.GetModelInfoRequest.SerializeToString,
@@ -82,6 +87,15 @@ class HousingPredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictColumns(self, request, context):
+        """Predicts a batch sent as columns: one packed array per feature, row i made of every column's value i. The
+        same validation (a bad value is named column[row], e.g. "median_income[3]"), one model version for the whole
+        batch, one prediction id per row; much cheaper to encode and decode than PredictBatch for large batches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes the model version being served.
         """
@@ -101,6 +115,11 @@ def add_HousingPredictorServicer_to_server(servicer, server):
                     servicer.PredictBatch,
                     request_deserializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingBatchRequest.FromString,
                     response_serializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingBatchPrediction.SerializeToString,
+            ),
+            'PredictColumns': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictColumns,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumns.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumnsPrediction.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -168,6 +187,33 @@ class HousingPredictor:
             '/prediction.v1.HousingPredictor/PredictBatch',
             protos_dot_prediction_dot_v1_dot_housing__pb2.HousingBatchRequest.SerializeToString,
             protos_dot_prediction_dot_v1_dot_housing__pb2.HousingBatchPrediction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictColumns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prediction.v1.HousingPredictor/PredictColumns',
+            protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumns.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumnsPrediction.FromString,
             options,
             channel_credentials,
             insecure,

@@ -245,3 +245,93 @@ class IrisBatchPrediction(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IrisBatchPrediction: _TypeAlias = IrisBatchPrediction  # noqa: Y015
+
+@_typing.final
+class IrisColumns(_message.Message):
+    """A batch of flowers as columns: every column holds one value per row, so all must have the same length
+    (INVALID_ARGUMENT otherwise, naming the columns that differ). Units and accepted ranges as in IrisFeatures.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEPAL_LENGTH_CM_FIELD_NUMBER: _builtins.int
+    SEPAL_WIDTH_CM_FIELD_NUMBER: _builtins.int
+    PETAL_LENGTH_CM_FIELD_NUMBER: _builtins.int
+    PETAL_WIDTH_CM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sepal_length_cm(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def sepal_width_cm(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def petal_length_cm(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def petal_width_cm(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        sepal_length_cm: _abc.Iterable[_builtins.float] | None = ...,
+        sepal_width_cm: _abc.Iterable[_builtins.float] | None = ...,
+        petal_length_cm: _abc.Iterable[_builtins.float] | None = ...,
+        petal_width_cm: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["petal_length_cm", b"petal_length_cm", "petal_width_cm", b"petal_width_cm", "sepal_length_cm", b"sepal_length_cm", "sepal_width_cm", b"sepal_width_cm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IrisColumns: _TypeAlias = IrisColumns  # noqa: Y015
+
+@_typing.final
+class IrisColumnsPrediction(_message.Message):
+    """Answer to ClassifyColumns: one value per row in each column, in request order, all from one model version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECIES_FIELD_NUMBER: _builtins.int
+    SETOSA_FIELD_NUMBER: _builtins.int
+    VERSICOLOR_FIELD_NUMBER: _builtins.int
+    VIRGINICA_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    PREDICTION_IDS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def species(self) -> _containers.RepeatedScalarFieldContainer[Global___IrisSpecies.ValueType]:
+        """The most probable species of each row."""
+
+    @_builtins.property
+    def setosa(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The probability of each species, per row; the three of a row add up to 1."""
+
+    @_builtins.property
+    def versicolor(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def virginica(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def confidence(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The probability of the predicted species, per row."""
+
+    @_builtins.property
+    def prediction_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One prediction id (UUIDv7) per row."""
+
+    @_builtins.property
+    def model(self) -> _model_pb2.ModelVersion: ...
+    def __init__(
+        self,
+        *,
+        species: _abc.Iterable[Global___IrisSpecies.ValueType] | None = ...,
+        setosa: _abc.Iterable[_builtins.float] | None = ...,
+        versicolor: _abc.Iterable[_builtins.float] | None = ...,
+        virginica: _abc.Iterable[_builtins.float] | None = ...,
+        confidence: _abc.Iterable[_builtins.float] | None = ...,
+        prediction_ids: _abc.Iterable[_builtins.str] | None = ...,
+        model: _model_pb2.ModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "model", b"model", "prediction_ids", b"prediction_ids", "setosa", b"setosa", "species", b"species", "versicolor", b"versicolor", "virginica", b"virginica"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IrisColumnsPrediction: _TypeAlias = IrisColumnsPrediction  # noqa: Y015

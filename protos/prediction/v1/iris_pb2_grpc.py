@@ -51,6 +51,11 @@ class IrisClassifierStub:
                 request_serializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisBatchRequest.SerializeToString,
                 response_deserializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisBatchPrediction.FromString,
                 _registered_method=True)
+        self.ClassifyColumns = channel.unary_unary(
+                '/prediction.v1.IrisClassifier/ClassifyColumns',
+                request_serializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumns.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumnsPrediction.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/prediction.v1.IrisClassifier/GetModelInfo',
                 request_serializer=protos_dot_prediction_dot_v1_dot_model__pb2.GetModelInfoRequest.SerializeToString,
@@ -82,6 +87,15 @@ class IrisClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyColumns(self, request, context):
+        """Classifies a batch sent as columns: one packed array per measurement, row i made of every column's value
+        i. The same validation (a bad value is named column[row], e.g. "petal_width_cm[3]"), one model version for
+        the whole batch, one prediction id per row.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes the model version being served.
         """
@@ -101,6 +115,11 @@ def add_IrisClassifierServicer_to_server(servicer, server):
                     servicer.ClassifyBatch,
                     request_deserializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisBatchRequest.FromString,
                     response_serializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisBatchPrediction.SerializeToString,
+            ),
+            'ClassifyColumns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifyColumns,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumns.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumnsPrediction.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -168,6 +187,33 @@ class IrisClassifier:
             '/prediction.v1.IrisClassifier/ClassifyBatch',
             protos_dot_prediction_dot_v1_dot_iris__pb2.IrisBatchRequest.SerializeToString,
             protos_dot_prediction_dot_v1_dot_iris__pb2.IrisBatchPrediction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyColumns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prediction.v1.IrisClassifier/ClassifyColumns',
+            protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumns.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumnsPrediction.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class IrisClassifierStub:
     """Classifies many flowers in one call. One model version answers the whole batch; classifications come
     back in request order.
     """
+    ClassifyColumns: _grpc.UnaryUnaryMultiCallable[_iris_pb2.IrisColumns, _iris_pb2.IrisColumnsPrediction]
+    """Classifies a batch sent as columns: one packed array per measurement, row i made of every column's value
+    i. The same validation (a bad value is named column[row], e.g. "petal_width_cm[3]"), one model version for
+    the whole batch, one prediction id per row.
+    """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetModelInfoRequest, _model_pb2.ModelInfo]
     """Describes the model version being served."""
 
@@ -65,6 +70,11 @@ class IrisClassifierAsyncStub(IrisClassifierStub):
     ClassifyBatch: _aio.UnaryUnaryMultiCallable[_iris_pb2.IrisBatchRequest, _iris_pb2.IrisBatchPrediction]  # type: ignore[assignment]
     """Classifies many flowers in one call. One model version answers the whole batch; classifications come
     back in request order.
+    """
+    ClassifyColumns: _aio.UnaryUnaryMultiCallable[_iris_pb2.IrisColumns, _iris_pb2.IrisColumnsPrediction]  # type: ignore[assignment]
+    """Classifies a batch sent as columns: one packed array per measurement, row i made of every column's value
+    i. The same validation (a bad value is named column[row], e.g. "petal_width_cm[3]"), one model version for
+    the whole batch, one prediction id per row.
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_model_pb2.GetModelInfoRequest, _model_pb2.ModelInfo]  # type: ignore[assignment]
     """Describes the model version being served."""
@@ -94,6 +104,17 @@ class IrisClassifierServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_iris_pb2.IrisBatchPrediction, _abc.Awaitable[_iris_pb2.IrisBatchPrediction]]:
         """Classifies many flowers in one call. One model version answers the whole batch; classifications come
         back in request order.
+        """
+
+    @_abc_1.abstractmethod
+    def ClassifyColumns(
+        self,
+        request: _iris_pb2.IrisColumns,
+        context: _ServicerContext,
+    ) -> _typing.Union[_iris_pb2.IrisColumnsPrediction, _abc.Awaitable[_iris_pb2.IrisColumnsPrediction]]:
+        """Classifies a batch sent as columns: one packed array per measurement, row i made of every column's value
+        i. The same validation (a bad value is named column[row], e.g. "petal_width_cm[3]"), one model version for
+        the whole batch, one prediction id per row.
         """
 
     @_abc_1.abstractmethod
