@@ -218,6 +218,7 @@ def build_server(
             {spec.slot.value: spec.output_names for spec in SERVICES if spec.class_labels is not None},
             metrics_registry,
             queue_size=settings.shadow_queue_size,
+            thread_setup=runtime.limit_current_thread,
         ),
     )
     housing = HousingEndpoint(

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,8 +60,14 @@ class ShadowRunner:
         *,
         interval_seconds: float = 0.05,
         batch_rows: int = 1000,
+        thread_setup: Callable[[], None] | None = None,
     ) -> None:
-        """``runners`` and ``class_names`` by service key; a service with class names is a classifier."""
+        """``runners`` and ``class_names`` by service key; a service with class names is a classifier.
+
+        ``thread_setup`` runs first on the worker thread: the same per-thread limits as the RPC workers (one
+        OpenMP thread), or a challenger's scikit-learn calls would spin a thread team on the serving cores.
+        """
+        self._thread_setup = thread_setup
         self._runners = runners
         self._class_names = class_names
         self._queue_size = queue_size
@@ -135,6 +141,8 @@ class ShadowRunner:
         self._thread.join(timeout)
 
     def _work(self) -> None:
+        if self._thread_setup is not None:
+            self._thread_setup()
         while True:
             stopping = self._stopping.wait(self._interval)
             while self._pending:

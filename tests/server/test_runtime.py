@@ -8,12 +8,16 @@ import threading
 import numpy as np
 import pytest
 
+from data.schema import HOUSING_FEATURES
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
+from server.domain import TrafficSplit
+from server.lifecycle import SPLIT_TAG, split_tag
+from server.model_store import ModelSlot
 from server.runtime import PredictRuntime
 from server.services import HOUSING
 
 from ..prerequisites import REPO_ROOT
-from .conftest import channel_to, in_memory_registry, running_server
+from .conftest import channel_to, in_memory_registry, running_server, wait_until
 from .estimators import GatedRegressor, ThreadpoolProbe
 
 ONE_ROW = np.ones((1, 8))
@@ -119,3 +123,19 @@ def test_a_large_batch_lifts_the_limit_only_for_its_own_call():
     for thread in threads:
         thread.join(timeout=60)
     assert sorted((rows, threads) for rows, threads, _ in probe.seen) == [(1, 1), (4, os.cpu_count() or 1)]
+
+
+def test_the_shadow_worker_runs_a_challenger_with_one_openmp_thread_too():
+    # Unlimited, a challenger's scikit-learn calls on the shadow thread would spin a team on the serving cores.
+    probe = ThreadpoolProbe()
+    registry = in_memory_registry()
+    registry.register("CaliforniaHousingBestModel", probe, alias="challenger", input_names=HOUSING_FEATURES)
+    registry.set_model_tag("CaliforniaHousingBestModel", SPLIT_TAG, split_tag(TrafficSplit(0.0, shadow=True)))
+    with running_server(registry, small_batch_rows=0) as server, channel_to(server) as channel:
+        assert server.store.get(ModelSlot.HOUSING).shadow
+        stub = housing_pb2_grpc.HousingPredictorStub(channel)
+        for _ in range(3):
+            stub.PredictBatch(_houses(2))
+        wait_until(lambda: any(thread == "shadow" for _, _, thread in probe.seen), "the challenger shadows a call")
+    shadowed = [threads for _, threads, thread in probe.seen if thread == "shadow"]
+    assert shadowed and set(shadowed) == {1}, probe.seen
