@@ -76,9 +76,6 @@ class PredictionServer:
             self.observers.shadow.start()
         if self.observers.drift is not None:
             self.observers.drift.start()
-        if self.monitoring.feedback is not None:
-            restored = self.monitoring.feedback.restore(self.settings.quality_window_labels * len(SERVICES) * 2)
-            logger.info("live quality restored from %d earlier labels", restored)
         if self.triggers is not None:
             self.triggers.start()
         if self.settings.metrics_port is not None:
@@ -92,6 +89,16 @@ class PredictionServer:
     def load_models(self) -> dict[ModelSlot, bool]:
         """Load every service's model now, then follow the aliases in the background (hot reload)."""
         loaded = self.watcher.sync_all()
+        if self.monitoring.feedback is not None:
+            served = {
+                (model.description.ref.name, model.description.ref.version)
+                for spec in SERVICES
+                if (deployment := self.store.peek(spec.slot)) is not None
+                for model in deployment.variants().values()
+            }
+            # Each window holds at most quality_window_labels; a version may have answered as both variants.
+            restored = self.monitoring.feedback.restore(sorted(served), self.settings.quality_window_labels * 2)
+            logger.info("live quality restored from %d earlier labels", restored)
         self.watcher.start(self.settings.model_poll_seconds)
         return loaded
 
@@ -137,6 +144,16 @@ class _HealthReporter:
         self._servicer.set(SPEC_BY_SLOT[slot].service_name, serving if new is not None else not_serving)
         everything = all(self._store.peek(spec.slot) is not None for spec in SERVICES)
         self._servicer.set(OVERALL, serving if everything else not_serving)
+
+
+def _retire_unserved(quality: LiveQuality, old: Deployment | None, new: Deployment | None) -> None:
+    served = (
+        set() if new is None else {(m.description.ref.name, m.description.ref.version) for m in new.variants().values()}
+    )
+    for model in () if old is None else old.variants().values():
+        ref = model.description.ref
+        if (ref.name, ref.version) not in served:
+            quality.retire(ref.name, ref.version)
 
 
 def build_server(
@@ -274,6 +291,7 @@ def build_server(
         window_labels=settings.quality_window_labels,
         window_seconds=settings.quality_window_seconds,
     )
+    store.subscribe(lambda _slot, old, new: _retire_unserved(quality, old, new))
     feedback = (
         FeedbackStore(
             prediction_log,

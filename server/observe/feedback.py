@@ -31,7 +31,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -55,8 +55,9 @@ _LOOKUP: Final = (
     "LEFT JOIN feedback AS f ON f.prediction_id = p.prediction_id WHERE p.prediction_id = ?"
 )
 _RECENT: Final = (
-    "SELECT p.model, p.version, p.variant, p.output, f.label, f.received_at FROM feedback AS f "
-    "JOIN predictions AS p ON p.prediction_id = f.prediction_id ORDER BY f.received_at DESC LIMIT ?"
+    "SELECT p.variant, p.output, f.label, f.received_at FROM feedback AS f "
+    "JOIN predictions AS p ON p.prediction_id = f.prediction_id WHERE p.model = ? AND p.version = ? "
+    "ORDER BY f.received_at DESC LIMIT ?"
 )
 FLUSH_SECONDS: Final = 2.0
 
@@ -124,18 +125,23 @@ class FeedbackStore:
             self._outcomes[result.outcome].inc()
         return results
 
-    def restore(self, limit: int) -> int:
-        """Refill live quality with the newest ``limit`` labels (at start-up); how many were found."""
+    def restore(self, versions: Iterable[tuple[str, str]], limit: int) -> int:
+        """Refill live quality with the newest ``limit`` labels of each (model, version); how many were found.
+
+        Called once the served versions are known, with those: versions no longer served stay out of memory.
+        """
+        labelled: list[LabelledPrediction] = []
         try:
             with self._connect() as connection:
-                rows = connection.execute(_RECENT, (limit,)).fetchall()
+                for model, version in versions:
+                    rows = connection.execute(_RECENT, (model, version, limit)).fetchall()
+                    labelled += [
+                        LabelledPrediction(model, version, variant, _output_values(output), label, received_at)
+                        for variant, output, label, received_at in reversed(rows)
+                    ]
         except (sqlite3.Error, FeedbackUnavailableError):
             logger.warning("could not read earlier feedback; live quality starts empty", exc_info=True)
             return 0
-        labelled = [
-            LabelledPrediction(model, version, variant, _output_values(output), label, received_at)
-            for model, version, variant, output, label, received_at in reversed(rows)
-        ]
         self._quality.record(labelled)
         return len(labelled)
 

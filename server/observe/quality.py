@@ -17,6 +17,7 @@ Labels arrive through their own calls, never on the request path; the windows ar
 entries), so each figure is recomputed from its window in well under a millisecond.
 """
 
+import contextlib
 import math
 import threading
 import time
@@ -165,6 +166,24 @@ class LiveQuality:
         with self._lock:
             figures = self._figures((model, version, variant))
         return figures.labels, figures.live
+
+    def retire(self, model: str, version: str) -> None:
+        """Forget a version that is no longer served: its windows, and its series (dashboards show no stale lines).
+
+        Its labels stay in the feedback table: a version served again (a rollback) gets them back at the next start.
+        """
+        with self._lock:
+            for key in [key for key in self._windows if key[:2] == (model, version)]:
+                del self._windows[key]
+                for gauge in (self.labels, self.rmse, self.mae, self.accuracy):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*key)
+                for name in self._class_names.get(model, ()):
+                    with contextlib.suppress(KeyError):
+                        self.recall.remove(*key, name)
+                for correct in ("true", "false"):
+                    with contextlib.suppress(KeyError):
+                        self.confidence.remove(*key, correct)
 
     def _figures(self, key: _Key) -> "_Figures":
         window = self._windows.get(key)

@@ -16,6 +16,7 @@ from data.schema import HOUSING_FEATURES, IRIS_FEATURES
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 from server.app import PredictionServer
 from server.features import HOUSING_FEATURE_TABLE
+from server.model_store import ModelSlot
 from server.preparation import sample_rows
 
 from .conftest import channel_to, in_memory_registry, mlflow_server_on, running_server, wait_until
@@ -299,3 +300,39 @@ def test_a_quality_trigger_fires_once_through_the_gate_and_not_while_switched_of
         assert len(_operations(admin)) == 1
         started = {"model": "iris", "trigger": "quality", "outcome": "started"}
         assert _gauge(server, "model_retrain_triggered_total", **started) == 1
+
+
+def test_a_version_no_longer_served_leaves_live_quality_and_comes_back_with_its_labels(tmp_path):
+    registry = in_memory_registry()  # iris v2 is champion, v1 is registered
+    log = tmp_path / "predictions.db"
+    labels = {"model": "IrisBestModel", "version": "2", "variant": "champion"}
+    with (
+        running_server(registry, admin_dev_mode=True, prediction_log_path=log) as server,
+        channel_to(server) as channel,
+    ):
+        admin = admin_pb2_grpc.ModelAdminStub(channel)
+        answer = iris_pb2_grpc.IrisClassifierStub(channel).ClassifyBatch(
+            _iris_batch(np.tile([5.1, 3.5, 1.4, 0.2], (4, 1)))
+        )
+        _feedback(
+            admin,
+            *(
+                admin_pb2.FeedbackItem(prediction_id=each.prediction_id, species=iris_pb2.IRIS_SPECIES_SETOSA)
+                for each in answer.classifications
+            ),
+        )
+        assert _gauge(server, "model_live_labels", **labels) == 4
+        admin.SetAlias(admin_pb2.SetAliasRequest(model="iris", alias="champion", version="1"))
+        wait_until(lambda: server.store.get(ModelSlot.IRIS).champion.description.ref.version == "1", "v1 is served")
+        # v2's series are gone rather than frozen at their last value; v1 has no labels yet.
+        assert _gauge(server, "model_live_labels", **labels) is None
+        assert _gauge(server, "model_live_accuracy", **labels) is None
+        (champion,) = admin.GetModelQuality(admin_pb2.GetModelQualityRequest(model="iris")).variants
+        assert (champion.version, champion.labels) == ("1", 0)
+
+    # Restarted with v1 served, v2's labels stay out of memory; served again, they are back.
+    with running_server(registry, admin_dev_mode=True, prediction_log_path=log) as again:
+        assert _gauge(again, "model_live_labels", **labels) is None
+    registry.set_alias("IrisBestModel", "champion", "2", expected="1")
+    with running_server(registry, admin_dev_mode=True, prediction_log_path=log) as again:
+        assert _gauge(again, "model_live_labels", **labels) == 4
