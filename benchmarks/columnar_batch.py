@@ -13,72 +13,23 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import grpc
 import numpy as np
 
-from benchmarks.harness import server_process, wait_serving
+from benchmarks.harness import production_housing_model, serve_until_sigterm, server_process, wait_serving
+from data.schema import HOUSING_FEATURES
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
-
-FEATURES = (
-    "median_income",
-    "house_age",
-    "average_rooms",
-    "average_bedrooms",
-    "population",
-    "average_occupancy",
-    "latitude",
-    "longitude",
-)
-
-
-def _model() -> Any:
-    from sklearn.base import clone  # noqa: PLC0415
-    from sklearn.datasets import fetch_california_housing  # noqa: PLC0415
-
-    from training.housing import housing_spec  # noqa: PLC0415
-    from training.settings import TrainingSettings  # noqa: PLC0415
-
-    data = fetch_california_housing(download_if_missing=False)
-    return clone(housing_spec(TrainingSettings()).estimator).fit(data.data, data.target)
 
 
 def serve(max_batch: int) -> None:
-    import logging  # noqa: PLC0415
-    import signal  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
     from model_registry.memory import InMemoryRegistry  # noqa: PLC0415
-    from server.app import build_server  # noqa: PLC0415
-    from server.settings import ServerSettings  # noqa: PLC0415
 
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("server.app").setLevel(logging.INFO)
     registry = InMemoryRegistry()
-    registry.register("CaliforniaHousingBestModel", _model(), alias="champion", input_names=FEATURES)
-    with tempfile.TemporaryDirectory(prefix="columns-bench-") as scratch:
-        settings = ServerSettings(
-            host="127.0.0.1",
-            port=0,
-            metrics_host="127.0.0.1",
-            metrics_port=0,
-            model_poll_seconds=0,
-            access_log=False,
-            max_batch_size=max_batch,
-            prediction_log_path=Path(scratch) / "predictions.db",
-            prediction_log_queue_size=100_000,
-            state_dir=Path(scratch) / "state",
-        )
-        server = build_server(settings, registry)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
-        server.start()
-        server.load_models()
-        stop.wait()
-        server.stop(grace=1.0)
+    registry.register(
+        "CaliforniaHousingBestModel", production_housing_model(), alias="champion", input_names=HOUSING_FEATURES
+    )
+    serve_until_sigterm(registry, max_batch_size=max_batch, prediction_log_queue_size=100_000)
 
 
 def _p50(call: Callable[[], object], seconds: float) -> tuple[float, int]:
@@ -103,7 +54,7 @@ def main() -> None:
         return
     from server.runtime import PredictRuntime  # noqa: PLC0415
 
-    model = _model()
+    model = production_housing_model()
     from server.settings import ServerSettings  # noqa: PLC0415
 
     runtime = PredictRuntime(ServerSettings.model_fields["parallel_batch_rows"].default)
@@ -126,10 +77,13 @@ def main() -> None:
             values = housing[generator.choice(len(housing), rows)].astype(np.float64)
             batch = housing_pb2.HousingBatchRequest(
                 instances=[
-                    housing_pb2.HousingFeatures(**dict(zip(FEATURES, row, strict=True))) for row in values.tolist()
+                    housing_pb2.HousingFeatures(**dict(zip(HOUSING_FEATURES, row, strict=True)))
+                    for row in values.tolist()
                 ]
             )
-            columns = housing_pb2.HousingColumns(**{name: values[:, i].tolist() for i, name in enumerate(FEATURES)})
+            columns = housing_pb2.HousingColumns(
+                **{name: values[:, i].tolist() for i, name in enumerate(HOUSING_FEATURES)}
+            )
             answers = stub.PredictColumns(columns, timeout=60)
             expected = model.predict(values)
             assert list(answers.median_house_value) == expected.tolist(), "columns disagree with scikit-learn"

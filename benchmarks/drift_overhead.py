@@ -18,8 +18,9 @@ from functools import partial
 
 import grpc
 import numpy as np
+from sklearn.datasets import fetch_california_housing
 
-from benchmarks.harness import server_process, timed_calls, wait_serving
+from benchmarks.harness import production_housing_model, serve_until_sigterm, server_process, timed_calls, wait_serving
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
 
 HOUSE = housing_pb2.HousingFeatures(
@@ -35,28 +36,13 @@ HOUSE = housing_pb2.HousingFeatures(
 
 
 def serve(drift: bool, trees: int) -> None:
-    import logging  # noqa: PLC0415
-    import signal  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    from sklearn.base import clone  # noqa: PLC0415
-    from sklearn.datasets import fetch_california_housing  # noqa: PLC0415
-
     from data.profile import reference_profile  # noqa: PLC0415
     from data.schema import HOUSING_FEATURES, HOUSING_TARGET  # noqa: PLC0415
     from model_registry.memory import InMemoryRegistry  # noqa: PLC0415
-    from server.app import build_server  # noqa: PLC0415
-    from server.settings import ServerSettings  # noqa: PLC0415
-    from training.housing import housing_spec  # noqa: PLC0415
-    from training.settings import TrainingSettings  # noqa: PLC0415
 
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("server.app").setLevel(logging.INFO)
-    data = fetch_california_housing(download_if_missing=False)
-    model = clone(housing_spec(TrainingSettings(), {"max_iter": trees}).estimator).fit(data.data, data.target)
-    profile = reference_profile(data.data, model.predict(data.data), HOUSING_FEATURES, (HOUSING_TARGET,))
+    model = production_housing_model(trees)
+    data = fetch_california_housing(download_if_missing=False).data
+    profile = reference_profile(data, model.predict(data), HOUSING_FEATURES, (HOUSING_TARGET,))
     registry = InMemoryRegistry()
     registry.register(
         "CaliforniaHousingBestModel",
@@ -65,25 +51,7 @@ def serve(drift: bool, trees: int) -> None:
         input_names=HOUSING_FEATURES,
         reference_profile=profile.to_json(),
     )
-    with tempfile.TemporaryDirectory(prefix="drift-bench-") as scratch:
-        settings = ServerSettings(
-            host="127.0.0.1",
-            port=0,
-            metrics_host="127.0.0.1",
-            metrics_port=0,
-            model_poll_seconds=0,
-            access_log=False,
-            drift=drift,
-            prediction_log_path=Path(scratch) / "predictions.db",
-            state_dir=Path(scratch) / "state",
-        )
-        server = build_server(settings, registry)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
-        server.start()
-        server.load_models()  # iris is not registered: only housing serves, which is all this measures
-        stop.wait()
-        server.stop(grace=1.0)
+    serve_until_sigterm(registry, drift=drift)
 
 
 def offer_cost() -> float:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -88,3 +89,48 @@ def timed_calls(
     for thread in threads:
         thread.join()
     return [value for each in latencies for value in each], time.monotonic() - began
+
+
+def production_housing_model(trees: int | None = None) -> Any:
+    """The training pipeline's housing estimator (``trees`` overriding its tree count), fitted on the full data."""
+    from sklearn.base import clone  # noqa: PLC0415
+    from sklearn.datasets import fetch_california_housing  # noqa: PLC0415
+
+    from training.housing import housing_spec  # noqa: PLC0415
+    from training.settings import TrainingSettings  # noqa: PLC0415
+
+    data = fetch_california_housing(download_if_missing=False)
+    overrides = {} if trees is None else {"max_iter": trees}
+    return clone(housing_spec(TrainingSettings(), overrides).estimator).fit(data.data, data.target)
+
+
+def serve_until_sigterm(registry: Any, **settings: Any) -> None:
+    """The child side of ``server_process``: a server on ``registry`` (loopback, free ports, scratch state and log),
+    with ``settings`` overriding, until SIGTERM. It logs its ports, which ``server_process`` reads."""
+    import logging  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from server.app import build_server  # noqa: PLC0415
+    from server.settings import ServerSettings  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("server.app").setLevel(logging.INFO)
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
+        defaults: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "metrics_host": "127.0.0.1",
+            "metrics_port": 0,
+            "model_poll_seconds": 0,
+            "access_log": False,
+            "prediction_log_path": Path(scratch) / "predictions.db",
+            "state_dir": Path(scratch) / "state",
+        }
+        server = build_server(ServerSettings(**(defaults | settings)), registry)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+        server.start()
+        server.load_models()  # a service with no registered model stays NOT_SERVING; the others serve
+        stop.wait()
+        server.stop(grace=1.0)

@@ -9,18 +9,15 @@ throughput, and how many shadow copies the server dropped rather than waited for
 
 import argparse
 import re
-import signal
 import statistics
 import sys
-import threading
 import time
 import urllib.request
-from types import FrameType
 
 import grpc
 import numpy as np
 
-from benchmarks.harness import server_process, timed_calls, wait_serving
+from benchmarks.harness import serve_until_sigterm, server_process, timed_calls, wait_serving
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
 
 FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2)
@@ -53,19 +50,13 @@ class SleepingDouble:
 
 
 def serve(challenger_ms: float, kind: str) -> None:
-    import logging  # noqa: PLC0415
-
     from sklearn.datasets import load_iris  # noqa: PLC0415
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
     from sklearn.pipeline import make_pipeline  # noqa: PLC0415
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
     from model_registry.memory import InMemoryRegistry  # noqa: PLC0415
-    from server.app import build_server  # noqa: PLC0415
-    from server.settings import ServerSettings  # noqa: PLC0415
 
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("server.app").setLevel(logging.INFO)
     features, species = load_iris(return_X_y=True)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(features, species)
     registry = InMemoryRegistry()
@@ -73,27 +64,7 @@ def serve(challenger_ms: float, kind: str) -> None:
     seconds = challenger_ms / 1000
     challenger = SlowPipeline(pipeline, seconds) if kind == "pipeline" else SleepingDouble(seconds)
     registry.register("IrisBestModel", challenger, alias="challenger")
-    settings = ServerSettings(
-        host="127.0.0.1",
-        port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        admin_dev_mode=True,
-        prediction_log=False,
-        model_poll_seconds=0,
-        access_log=False,
-    )
-    server = build_server(settings, registry)
-    stop = threading.Event()
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    server.start()
-    server.load_models()  # housing is not registered: only iris serves, which is all this measures
-    stop.wait()
-    server.stop(grace=1.0)
+    serve_until_sigterm(registry, admin_dev_mode=True, prediction_log=False)
 
 
 def _dropped(metrics_port: int) -> float:

@@ -22,7 +22,7 @@ from server.admin.service import ModelAdmin, Monitoring
 from server.admin.triggers import RetrainTriggers, TriggeredModel, TriggerSettings
 from server.admin_servicer import ModelAdminServicer
 from server.core import HousingEndpoint, IrisEndpoint, Observers
-from server.domain import Deployment
+from server.domain import Deployment, retired_models
 from server.execution import ModelRunner
 from server.interceptors import AdminAuthInterceptor, ServerCallInterceptor
 from server.lifecycle import ModelWatcher, WatchedModel
@@ -91,10 +91,10 @@ class PredictionServer:
         loaded = self.watcher.sync_all()
         if self.monitoring.feedback is not None:
             served = {
-                (model.description.ref.name, model.description.ref.version)
+                key
                 for spec in SERVICES
                 if (deployment := self.store.peek(spec.slot)) is not None
-                for model in deployment.variants().values()
+                for key in deployment.served()
             }
             # Each window holds at most quality_window_labels; a version may have answered as both variants.
             restored = self.monitoring.feedback.restore(sorted(served), self.settings.quality_window_labels * 2)
@@ -144,16 +144,6 @@ class _HealthReporter:
         self._servicer.set(SPEC_BY_SLOT[slot].service_name, serving if new is not None else not_serving)
         everything = all(self._store.peek(spec.slot) is not None for spec in SERVICES)
         self._servicer.set(OVERALL, serving if everything else not_serving)
-
-
-def _retire_unserved(quality: LiveQuality, old: Deployment | None, new: Deployment | None) -> None:
-    served = (
-        set() if new is None else {(m.description.ref.name, m.description.ref.version) for m in new.variants().values()}
-    )
-    for model in () if old is None else old.variants().values():
-        ref = model.description.ref
-        if (ref.name, ref.version) not in served:
-            quality.retire(ref.name, ref.version)
 
 
 def build_server(
@@ -291,7 +281,7 @@ def build_server(
         window_labels=settings.quality_window_labels,
         window_seconds=settings.quality_window_seconds,
     )
-    store.subscribe(lambda _slot, old, new: _retire_unserved(quality, old, new))
+    store.subscribe(lambda _slot, old, new: quality.retire_all(retired_models(old, new)))
     feedback = (
         FeedbackStore(
             prediction_log,

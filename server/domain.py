@@ -108,6 +108,22 @@ class Deployment:
     def versions(self) -> set[str]:
         return {model.description.ref.version for model in self.variants().values()}
 
+    def served(self) -> set[tuple[str, str]]:
+        """(registered name, version) of every model answering for the service."""
+        return {(model.description.ref.name, model.description.ref.version) for model in self.variants().values()}
+
+
+def retired_models(old: Deployment | None, new: Deployment | None) -> list[LoadedModel]:
+    """The models ``old`` served whose version ``new`` no longer serves (a variant changing hands is not retired)."""
+    served = set() if new is None else new.served()
+    if old is None:
+        return []
+    return [
+        model
+        for model in old.variants().values()
+        if (model.description.ref.name, model.description.ref.version) not in served
+    ]
+
 
 @dataclass(frozen=True, slots=True)
 class LoadFailure:

@@ -36,7 +36,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from data.profile import ColumnProfile
-from server.domain import Deployment, FloatMatrix, LoadedModel
+from server.domain import Deployment, FloatMatrix, LoadedModel, retired_models
 from server.model_store import ModelSlot, ModelStore
 from server.services import ServiceSpec
 
@@ -213,7 +213,7 @@ class DriftMonitor:
     def refresh(self) -> None:
         """Take what was offered and update every served version's gauges."""
         for slot in self._services:
-            with contextlib.suppress(Exception):  # a slot with nothing loaded has nothing to measure
+            if self._store.peek(slot) is not None:  # a slot with nothing loaded has nothing to measure
                 self.report(slot)
 
     def _drain(self) -> None:
@@ -289,20 +289,7 @@ class DriftMonitor:
             self.output_drift.labels(name, version, column.name).set(1 if column.drifted else 0)
 
     def _deployment_changed(self, slot: ModelSlot, old: Deployment | None, new: Deployment | None) -> None:
-        served = (
-            set()
-            if new is None
-            else {(m.description.ref.name, m.description.ref.version) for m in new.variants().values()}
-        )
-        retired = (
-            []
-            if old is None
-            else [
-                model
-                for model in old.variants().values()
-                if (model.description.ref.name, model.description.ref.version) not in served
-            ]
-        )
+        retired = retired_models(old, new)
         with self._lock:
             for model in retired:
                 self._retire(model)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from server.domain import LoadedModel
+
 CONFIDENCE_BUCKETS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -166,6 +168,10 @@ class LiveQuality:
         with self._lock:
             figures = self._figures((model, version, variant))
         return figures.labels, figures.live
+
+    def retire_all(self, models: Sequence[LoadedModel]) -> None:
+        for model in models:
+            self.retire(model.description.ref.name, model.description.ref.version)
 
     def retire(self, model: str, version: str) -> None:
         """Forget a version that is no longer served: its windows, and its series (dashboards show no stale lines).
