@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The system tools the project needs beyond its Python packages: make and Python 3.11 (every command),
-# Node.js and npm (the Node.js client test). Missing ones are installed with apt-get when this runs as
+# Node.js and npm (the Node.js client test), Prometheus and promtool (the monitoring tests), PostgreSQL (the
+# registry test against an MLflow server on a real database). Missing ones are installed with apt-get when this runs as
 # root, as CI does; otherwise it says what to install. `make install` and `.ci/run` run it.
 set -euo pipefail
 
@@ -14,6 +15,9 @@ elif ! "$python" -c "import ensurepip, venv" 2> /dev/null; then
 fi
 command -v node > /dev/null || packages+=(nodejs)
 command -v npm > /dev/null || packages+=(npm)
+command -v prometheus > /dev/null && command -v promtool > /dev/null || packages+=(prometheus)
+# Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<major>/bin.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null || command -v initdb > /dev/null || packages+=(postgresql)
 [ ${#packages[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null; then
@@ -24,6 +28,6 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null; then
     exit 0
 fi
 echo "missing system packages: ${packages[*]} (Debian: sudo apt-get install ${packages[*]})." >&2
-echo "Without nodejs and npm the Node.js client test is skipped; under CI (CI=true) it fails." >&2
+echo "Without them the tests that need them are skipped; under CI (CI=true) they fail." >&2
 ci=${CI:-}
 case "${ci,,}" in 1 | true | yes) exit 1 ;; esac
