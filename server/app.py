@@ -131,17 +131,21 @@ class PredictionServer:
 class _HealthReporter:
     """Keeps each service's health in step with its slot; overall ("") is SERVING when all services are."""
 
-    def __init__(self, servicer: health.HealthServicer, store: ModelStore) -> None:
+    def __init__(self, servicer: health.HealthServicer, store: ModelStore, metrics: ModelMetrics) -> None:
         self._servicer = servicer
         self._store = store
+        self._metrics = metrics
         for spec in SERVICES:
             servicer.set(spec.service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            metrics.serving.labels(spec.service_name).set(0)
         servicer.set(OVERALL, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def deployment_changed(self, slot: ModelSlot, _old: Deployment | None, new: Deployment | None) -> None:
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        self._servicer.set(SPEC_BY_SLOT[slot].service_name, serving if new is not None else not_serving)
+        service = SPEC_BY_SLOT[slot].service_name
+        self._servicer.set(service, serving if new is not None else not_serving)
+        self._metrics.serving.labels(service).set(0 if new is None else 1)
         everything = all(self._store.peek(spec.slot) is not None for spec in SERVICES)
         self._servicer.set(OVERALL, serving if everything else not_serving)
 
@@ -319,7 +323,7 @@ def build_server(
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=health_pool)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reporter = _HealthReporter(health_servicer, store)
+    reporter = _HealthReporter(health_servicer, store, metrics)
     store.subscribe(reporter.deployment_changed)
     store.subscribe(lambda slot, old, new: metrics.deployment_changed(SPEC_BY_SLOT[slot].service_name, old, new))
 

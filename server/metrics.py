@@ -92,6 +92,12 @@ class ModelMetrics:
             ["service"],
             registry=registry,
         )
+        self.serving = Gauge(
+            "model_service_serving",
+            "1 while a prediction service reports SERVING on the health protocol (a model is loaded), else 0.",
+            ["service"],
+            registry=registry,
+        )
         self.registry_up = Gauge(
             "model_registry_up",
             "1 when the server's last request to the model registry succeeded, 0 while it cannot be reached.",

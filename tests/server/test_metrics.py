@@ -71,4 +71,6 @@ def test_failed_model_loads_are_counted():
         samples = _scrape(server.metrics_port)
     failure = {"service": "prediction.v1.IrisClassifier", "reason": "not_found"}
     assert _value(samples, "model_load_failures_total", **failure) == 1
+    assert _value(samples, "model_service_serving", service="prediction.v1.IrisClassifier") == 0
+    assert _value(samples, "model_service_serving", service="prediction.v1.HousingPredictor") == 1
     assert not any(name == "model_loaded_info" and ("model", "IrisBestModel") in labels for name, labels in samples)
