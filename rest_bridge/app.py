@@ -4,16 +4,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from rest_bridge.admin_routes import add_admin_routes
 from rest_bridge.docs import install_offline_docs
 from rest_bridge.errors import install_error_handlers
 from rest_bridge.metrics import BridgeMetrics
-from rest_bridge.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from rest_bridge.middleware import BodySizeLimitMiddleware, RequestContextMiddleware, cors_options
 from rest_bridge.routes import add_routes
 from rest_bridge.settings import BridgeSettings
-from rest_bridge.upstream import Upstream
+from rest_bridge.upstream import Upstream, upstream_tls
 
 DESCRIPTION = """\
 REST/JSON front of the gRPC prediction service (`prediction.v1.HousingPredictor`,
@@ -27,7 +28,7 @@ status the HTTP status comes from. Send `X-Request-ID` to trace a request throug
 def create_app(settings: BridgeSettings, metrics_registry: CollectorRegistry | None = None) -> FastAPI:
     """Build the bridge. The gRPC channel is opened when the app starts (lifespan) and closed when it stops."""
     metrics = BridgeMetrics(metrics_registry)
-    upstream = Upstream(settings.channel_target, settings.upstream_timeout_seconds, metrics)
+    upstream = Upstream(settings.channel_target, settings.upstream_timeout_seconds, metrics, upstream_tls(settings))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +53,10 @@ def create_app(settings: BridgeSettings, metrics_registry: CollectorRegistry | N
     add_admin_routes(app, upstream)
     install_error_handlers(app)
     install_offline_docs(app)
-    # The last added is the outermost: the request context wraps the body limit, which reads its id.
+    # The last added is the outermost: the request context wraps the body limit, which reads its id. CORS sits
+    # between them, so that a browser can read the body limit's 413 too; without allowed origins there is none.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_allow_origins:
+        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_allow_origins))
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     return app

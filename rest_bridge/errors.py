@@ -2,6 +2,8 @@
 
     upstream gRPC status (grpc.aio.AioRpcError)  -> HTTP_STATUS_BY_CODE, BadRequest violations as details
     request validation (RequestValidationError)  -> 422 INVALID_ARGUMENT, one detail per bad field
+    a body FastAPI could not decode as JSON      -> 422 INVALID_ARGUMENT, like any other JSON that is not valid
+      (not UTF-8, nested too deeply: its 400 HTTPException caused by UnicodeDecodeError or RecursionError)
     Starlette HTTPException (404, 405, ...)      -> its status, with the gRPC code of that status
     ClientDisconnectedError                      -> 499 CANCELLED (logged and counted; nobody reads it)
     anything else                                -> 500 INTERNAL "internal error" (``rest_bridge.middleware``)
@@ -198,8 +200,31 @@ async def _on_validation_error(request: Request, error: Exception) -> Response:
     return error_response(422, code, summary(violations, len(errors)), request_id_of(request), details=violations)
 
 
+def undecodable_body_violation(error: HTTPException) -> FieldViolation | None:
+    """The violation of a body FastAPI's JSON parsing failed on without a JSONDecodeError, or None.
+
+    FastAPI turns a JSONDecodeError into a RequestValidationError (422) but any other failure of ``json.loads``
+    into a bare 400; only the cause tells them apart (a client that left also fails the body read, and stays
+    as it is: nobody reads that answer).
+    """
+    if error.status_code != 400:
+        return None
+    cause = error.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        reason = f"{cause.reason} at offset {cause.start} (the body must be UTF-8)"
+    elif isinstance(cause, RecursionError):
+        reason = "nested too deeply"
+    else:
+        return None
+    return FieldViolation(field="", description=f"is not valid JSON: {reason}")
+
+
 async def _on_http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
+    violation = undecodable_body_violation(error)
+    if violation is not None:
+        code = grpc.StatusCode.INVALID_ARGUMENT.name
+        return error_response(422, code, summary([violation], 1), request_id_of(request), details=[violation])
     status = error.status_code
     return error_response(
         status, code_for_http_status(status), str(error.detail), request_id_of(request), headers=error.headers

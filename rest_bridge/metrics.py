@@ -6,8 +6,10 @@
 | ``bridge_http_request_duration_seconds`` | ``route``, ``method``, ``status`` |
 | ``bridge_upstream_errors_total`` | ``grpc_method`` (``package.Service/Method``), ``grpc_code`` |
 
-Requests that match no route are counted under ``route="unmatched"``, so that probing random paths
-cannot create unbounded label values.
+``route`` is the template of the route that answered: ``/predict/iris``, ``/models/{model}/versions``,
+``/openapi.json``, ``/docs``, ``/redoc``, and ``/static/docs/{path}`` for every file of the docs assets, found
+or not. Requests that match no route (and CORS preflights, answered before routing) are counted under
+``route="unmatched"``, so that probing random paths cannot create unbounded label values.
 """
 
 import grpc

@@ -1,14 +1,16 @@
 """Per-request bookkeeping, as one plain ASGI middleware (no BaseHTTPMiddleware: it costs a task per call).
 
 For every HTTP request it settles the request id, returns it as ``X-Request-ID``, counts the request
-and its latency by route and status, writes the access log line, and turns any exception that escaped
-the app into the standard 500 error body (logged with its traceback and request id). A second one,
-inside it, refuses request bodies over the size limit.
+and its latency by route and status, writes the access log line, adds the security headers
+(``SECURITY_HEADERS``; a response that sets its own Content-Security-Policy, like the docs pages, keeps it),
+and turns any exception that escaped the app into the standard 500 error body (logged with its traceback and
+request id). A second one, inside it, refuses request bodies over the size limit.
 """
 
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +26,34 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID_LENGTH = 128
 CONTENT_LENGTH_HEADER = b"content-length"
+CONTENT_SECURITY_POLICY_HEADER = b"content-security-policy"
+# An API answer is never a page: it loads nothing, runs nothing and is framed by nobody.
+API_CONTENT_SECURITY_POLICY = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+CORS_METHODS = ("GET", "POST", "PUT")
+# What the bridge reads from a request besides the standard CORS-safe headers; its id is what a caller reads back.
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "X-Routing-Key")
+CORS_EXPOSED_HEADERS = ("X-Request-ID",)
+CORS_MAX_AGE_SECONDS = 600
+
+
+def cors_options(origins: Sequence[str]) -> dict[str, Any]:
+    """Keyword arguments of Starlette's CORSMiddleware for these allowed origins: the bridge's methods and headers,
+    no cookies (the admin token travels in Authorization, which a page must set itself)."""
+    return {
+        "allow_origins": list(origins),
+        "allow_methods": list(CORS_METHODS),
+        "allow_headers": list(CORS_REQUEST_HEADERS),
+        "expose_headers": list(CORS_EXPOSED_HEADERS),
+        "allow_credentials": False,
+        "max_age": CORS_MAX_AGE_SECONDS,
+    }
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -51,9 +81,31 @@ def _request_id(scope: Scope) -> str:
 
 
 def _route_of(scope: Scope) -> str:
+    """The path template of the route that answered, or ``UNMATCHED_ROUTE``.
+
+    FastAPI's router records only its own routes in ``scope["route"]``; for Starlette's (the OpenAPI document, the
+    docs assets' mount) the matched endpoint is looked up among the router's routes: a mount is labelled with its
+    ``/{path}`` template, so the files under it add no label values.
+    """
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED_ROUTE
+    if isinstance(path, str):
+        return path
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        for candidate in getattr(scope.get("router"), "routes", ()):
+            if endpoint is getattr(candidate, "endpoint", None) or endpoint is getattr(candidate, "app", None):
+                template = getattr(candidate, "path_format", None)
+                if isinstance(template, str):
+                    return template
+    return UNMATCHED_ROUTE
+
+
+def _with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    if not any(name.lower() == CONTENT_SECURITY_POLICY_HEADER for name, _ in headers):
+        headers.append((CONTENT_SECURITY_POLICY_HEADER, API_CONTENT_SECURITY_POLICY))
+    headers.extend(SECURITY_HEADERS)
+    return headers
 
 
 class RequestContextMiddleware:
@@ -78,7 +130,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = _with_security_headers([*message.get("headers", ()), header])
             await send(message)
 
         try:

@@ -1,11 +1,16 @@
 """Settings of the REST bridge process: built once in ``__main__`` and passed down."""
 
 import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Self
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+# What a browser sends as Origin: scheme, host and optional port, no path and no trailing slash.
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 # Targets that already name a gRPC resolver are used as they are.
 RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 
@@ -67,12 +72,52 @@ class BridgeSettings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Logging level of the bridge process.")
     access_log: bool = Field(True, description="Log one line per request, with its request id, status and time.")
+    grpc_tls: bool = Field(
+        False,
+        description="Call the prediction server over TLS (plaintext when off). Without grpc_tls_ca_file the "
+        "server's certificate must chain to a CA of the system's trust store.",
+    )
+    grpc_tls_ca_file: Path | None = Field(
+        None, description="PEM CA certificate(s) the prediction server's certificate must chain to."
+    )
+    grpc_tls_cert_file: Path | None = Field(
+        None, description="PEM client certificate chain the bridge presents to the server (mTLS); needs the key."
+    )
+    grpc_tls_key_file: Path | None = Field(None, description="PEM private key (unencrypted) of grpc_tls_cert_file.")
+    grpc_tls_server_name: str | None = Field(
+        None,
+        description="The name the server's certificate is checked against instead of the target's host (for "
+        "tests, or a target given as an IP address).",
+    )
+    cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Web origins whose pages may call the bridge from a browser (CORS), comma-separated, each as "
+        "the browser sends it: 'https://app.example.com', 'http://localhost:3000' (no path, no trailing slash); '*' "
+        "for any origin. Empty (the default): no CORS headers at all, so browsers allow only same-origin pages.",
+    )
 
     @field_validator("grpc_target")
     @classmethod
     def _valid_target(cls, value: str) -> str:
         channel_target(value)
         return value.strip()
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _valid_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path or trailing slash")
+        if "*" in value and len(value) > 1:
+            raise ValueError("'*' already allows every origin: list origins or '*' alone")
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -81,6 +126,16 @@ class BridgeSettings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+    @model_validator(mode="after")
+    def _complete_tls(self) -> Self:
+        # A TLS file with TLS off would silently leave the bridge on plaintext.
+        tls_only = (self.grpc_tls_ca_file, self.grpc_tls_cert_file, self.grpc_tls_key_file, self.grpc_tls_server_name)
+        if not self.grpc_tls and any(value is not None for value in tls_only):
+            raise ValueError("BRIDGE_GRPC_TLS_* files and server name are used only with BRIDGE_GRPC_TLS=true")
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError("BRIDGE_GRPC_TLS_CERT_FILE and BRIDGE_GRPC_TLS_KEY_FILE must be set together")
+        return self
 
     @property
     def channel_target(self) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -27,6 +28,7 @@ from protos.prediction.v1 import (
 )
 from rest_bridge.errors import ClientDisconnectedError
 from rest_bridge.metrics import BridgeMetrics
+from rest_bridge.settings import BridgeSettings
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -54,6 +56,40 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 3000),
 )
 CLOSE_GRACE_SECONDS = 1.0
+
+
+class UpstreamTlsError(ValueError):
+    """A BRIDGE_GRPC_TLS_* file cannot be read; the message names the setting and the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How the channel is secured: its credentials, and the name the server's certificate must carry if not the
+    target's host."""
+
+    credentials: grpc.ChannelCredentials
+    server_name: str | None = None
+
+
+def _read_tls_file(setting: str, path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UpstreamTlsError(f"{setting}: cannot read {path}: {exc.strerror}") from exc
+
+
+def upstream_tls(settings: BridgeSettings) -> UpstreamTls | None:
+    """The channel's TLS from the settings, files read now (at start-up), or None for plaintext."""
+    if not settings.grpc_tls:
+        return None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_tls_file("BRIDGE_GRPC_TLS_CA_FILE", settings.grpc_tls_ca_file),
+        private_key=_read_tls_file("BRIDGE_GRPC_TLS_KEY_FILE", settings.grpc_tls_key_file),
+        certificate_chain=_read_tls_file("BRIDGE_GRPC_TLS_CERT_FILE", settings.grpc_tls_cert_file),
+    )
+    return UpstreamTls(credentials, settings.grpc_tls_server_name)
 
 
 def forwardable_authorization(value: str | None) -> str | None:
@@ -121,15 +157,24 @@ class AdminContext:
 class Upstream:
     """The channel to the prediction server(s). ``open()`` on the serving event loop, ``close()`` at shutdown."""
 
-    def __init__(self, target: str, timeout_seconds: float, metrics: BridgeMetrics) -> None:
+    def __init__(
+        self, target: str, timeout_seconds: float, metrics: BridgeMetrics, tls: UpstreamTls | None = None
+    ) -> None:
         self.target = target
         self.timeout_seconds = timeout_seconds
         self._metrics = metrics
+        self._tls = tls
         self._channel: grpc.aio.Channel | None = None
 
     async def open(self) -> None:
         # Created here rather than in __init__: a grpc.aio channel belongs to the loop it was made on.
-        self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        if self._tls is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        else:
+            options: tuple[tuple[str, str | int], ...] = CHANNEL_OPTIONS
+            if self._tls.server_name is not None:
+                options += (("grpc.ssl_target_name_override", self._tls.server_name),)
+            self._channel = grpc.aio.secure_channel(self.target, self._tls.credentials, options=options)
         self._housing = housing_pb2_grpc.HousingPredictorStub(self._channel)
         self._iris = iris_pb2_grpc.IrisClassifierStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

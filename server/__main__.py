@@ -10,11 +10,26 @@ from model_registry.mlflow import MlflowRegistry
 from server.app import build_server
 from server.logs import configure_logging
 from server.settings import ServerSettings
+from server.tls import TlsConfigurationError
+
+logger = logging.getLogger(__name__)
 
 
-def main() -> None:
+def main() -> int:
     settings = ServerSettings()
     log_listener = configure_logging(settings.log_level)
+    try:
+        serve(settings)
+    except TlsConfigurationError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
+    finally:
+        # Whatever happened, the queued lines (the reason of a failed start-up above all) reach stderr.
+        log_listener.stop()
+    return 0
+
+
+def serve(settings: ServerSettings) -> None:
     # Read by libraries themselves, before they are first imported (MLflow and scikit-learn load with the
     # models). Passive OpenMP waiting: threads left idle after a parallel batch sleep rather than spin on
     # cores that concurrent requests need.
@@ -31,7 +46,7 @@ def main() -> None:
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger(__name__).info("received %s: shutting down", signal.Signals(signum).name)
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -40,11 +55,10 @@ def main() -> None:
     server.start()
     loaded = server.load_models()
     if not any(loaded.values()):
-        logging.getLogger(__name__).error("no model could be loaded; serving health and reflection only")
+        logger.error("no model could be loaded; serving health and reflection only")
     stop_requested.wait()
     server.stop()
-    log_listener.stop()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

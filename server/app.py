@@ -15,18 +15,19 @@ from prometheus_client import CollectorRegistry, start_http_server
 from py_grpc_prometheus.prometheus_server_interceptor import PromServerInterceptor
 
 from model_registry import ModelRegistry
-from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, housing_pb2_grpc, iris_pb2_grpc
+from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 from server.admin.auth import AdminAuthenticator
 from server.admin.operations import OperationStore, RetrainRunner
 from server.admin.service import ModelAdmin, Monitoring
 from server.admin.triggers import RetrainTriggers, TriggeredModel, TriggerSettings
 from server.admin_servicer import ModelAdminServicer
-from server.core import HousingEndpoint, IrisEndpoint, Observers
+from server.batching import BatchingMetrics
+from server.core import Batching, HousingEndpoint, IrisEndpoint, Observers
 from server.domain import Deployment, retired_models
 from server.execution import ModelRunner
-from server.interceptors import AdminAuthInterceptor, ServerCallInterceptor
+from server.interceptors import AdminAuthInterceptor, QueueTimingExecutor, ServerCallInterceptor
 from server.lifecycle import ModelWatcher, WatchedModel
-from server.metrics import ModelMetrics
+from server.metrics import ModelMetrics, RpcMetrics
 from server.model_store import ModelSlot, ModelStore
 from server.observe.drift import DriftMonitor
 from server.observe.feedback import FeedbackStore
@@ -38,10 +39,20 @@ from server.runtime import PredictRuntime
 from server.servicers import HousingPredictorServicer, IrisClassifierServicer
 from server.services import HOUSING, IRIS, SERVICES, SPEC_BY_SLOT
 from server.settings import ServerSettings
+from server.tls import bind_port
 
 logger = logging.getLogger(__name__)
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
+STREAM_METHODS = frozenset(
+    f"/{service.full_name}/{method.name}"
+    for service in (
+        housing_pb2.DESCRIPTOR.services_by_name["HousingPredictor"],
+        iris_pb2.DESCRIPTOR.services_by_name["IrisClassifier"],
+    )
+    for method in service.methods
+    if method.client_streaming and method.server_streaming
+)
 OVERALL = ""
 
 
@@ -164,12 +175,14 @@ def build_server(
     """
     metrics_registry = metrics_registry or CollectorRegistry()
     runtime = PredictRuntime(settings.parallel_batch_rows, settings.max_concurrent_predictions)
-    executor = futures.ThreadPoolExecutor(
+    executor = QueueTimingExecutor(
         max_workers=settings.max_workers, thread_name_prefix="rpc", initializer=runtime.limit_current_thread
     )
     health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
     authenticator = AdminAuthenticator(
-        settings.admin_token.get_secret_value() if settings.admin_token else None, dev_mode=settings.admin_dev_mode
+        settings.admin_token.get_secret_value() if settings.admin_token else None,
+        dev_mode=settings.admin_dev_mode,
+        allow_plaintext=settings.admin_allow_plaintext,
     )
     grpc_server = grpc.server(
         executor,
@@ -177,7 +190,13 @@ def build_server(
             # Outermost first: the Prometheus interceptor must see the status the error mapping set, and the
             # error mapping must see the admin authentication's refusals.
             PromServerInterceptor(enable_handling_time_histogram=True, registry=metrics_registry),
-            ServerCallInterceptor(access_log=settings.access_log),
+            ServerCallInterceptor(
+                access_log=settings.access_log,
+                metrics=RpcMetrics(metrics_registry),
+                stream_methods=STREAM_METHODS,
+                max_concurrent_streams=settings.stream_cap,
+                max_queue_seconds=None if settings.max_queue_ms is None else settings.max_queue_ms / 1000,
+            ),
             AdminAuthInterceptor(authenticator, ADMIN_SERVICE),
         ],
         options=[
@@ -185,6 +204,14 @@ def build_server(
             ("grpc.max_send_message_length", settings.max_message_bytes),
             # Two servers must never share a port by accident (tests bind port 0 side by side).
             ("grpc.so_reuseport", 0),
+            *(
+                []
+                if settings.max_connection_age_seconds is None
+                else [
+                    ("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms", round(settings.grace_seconds * 1000)),
+                ]
+            ),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -232,6 +259,12 @@ def build_server(
             thread_setup=runtime.limit_current_thread,
         ),
     )
+    batching = Batching(
+        BatchingMetrics(metrics_registry),
+        permits=runtime.call_slots,
+        max_rows=settings.microbatch_max_rows,
+        max_wait_seconds=settings.microbatch_max_wait_ms / 1000,
+    )
     housing = HousingEndpoint(
         HOUSING,
         store=store,
@@ -239,6 +272,7 @@ def build_server(
         runner=runners[HOUSING.slot],
         max_batch_size=settings.max_batch_size,
         observers=observers,
+        batching=batching,
     )
     iris = IrisEndpoint(
         IRIS,
@@ -247,6 +281,7 @@ def build_server(
         runner=runners[IRIS.slot],
         max_batch_size=settings.max_batch_size,
         observers=observers,
+        batching=batching,
     )
     watcher = ModelWatcher(
         registry,
@@ -257,7 +292,7 @@ def build_server(
                 spec,
                 names[spec.slot],
                 settings.model_alias,
-                ModelPreparer(runners[spec.slot]),
+                ModelPreparer(runners[spec.slot], settings.microbatch),
                 challenger_alias=settings.challenger_alias,
             )
             for spec in SERVICES
@@ -317,8 +352,11 @@ def build_server(
     monitoring = Monitoring(drift=drift, quality=quality, feedback=feedback, triggers=triggers)
     admin = ModelAdmin(registry, watcher, store, retrainer, observers.prediction_log, monitoring=monitoring)
 
-    housing_pb2_grpc.add_HousingPredictorServicer_to_server(HousingPredictorServicer(housing, watcher), grpc_server)
-    iris_pb2_grpc.add_IrisClassifierServicer_to_server(IrisClassifierServicer(iris, watcher), grpc_server)
+    streams = {"stream_group": settings.microbatch_max_rows, "read_ahead": 2 * settings.microbatch_max_rows}
+    housing_pb2_grpc.add_HousingPredictorServicer_to_server(
+        HousingPredictorServicer(housing, watcher, **streams), grpc_server
+    )
+    iris_pb2_grpc.add_IrisClassifierServicer_to_server(IrisClassifierServicer(iris, watcher, **streams), grpc_server)
     admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(admin), grpc_server)
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=health_pool)
@@ -331,7 +369,8 @@ def build_server(
         (*(spec.service_name for spec in SERVICES), ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
         grpc_server,
     )
-    port = grpc_server.add_insecure_port(_address(settings.host, settings.port))
+    # TLS when the settings name a certificate (re-read as it is rotated); plaintext otherwise.
+    port = bind_port(grpc_server, _address(settings.host, settings.port), settings)
     return PredictionServer(
         settings=settings,
         grpc_server=grpc_server,

@@ -68,6 +68,11 @@ class LoadedModel:
     small_batch_predict: Callable[[FloatMatrix], FloatMatrix] | None = None
     reference_profile: ReferenceProfile | None = None
     """What its live inputs and outputs are compared with for drift; None: the version has none."""
+    row_independent: bool = False
+    """Whether each row's answer is bit-for-bit the same whatever rows share its call (checked at preparation:
+    true for trees, often not for linear models, whose BLAS products round by batch shape)."""
+    coalesce: bool = False
+    """Whether concurrent small requests to it are predicted together (``server.batching``)."""
 
 
 @dataclass(frozen=True, slots=True)

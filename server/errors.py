@@ -6,7 +6,8 @@
     ├── UnauthenticatedError   an admin call without the right bearer token (UNAUTHENTICATED)
     ├── AdminDisabledError     an admin call to a server with no admin token configured (PERMISSION_DENIED)
     ├── PredictionNotFoundError  no logged prediction has this id (NOT_FOUND)
-    └── FeatureDisabledError   the call needs a part this server runs without (FAILED_PRECONDITION)
+    ├── FeatureDisabledError   the call needs a part this server runs without (FAILED_PRECONDITION)
+    └── DeadlineExpiredError   the call's deadline passed before its model was called (DEADLINE_EXCEEDED)
 
 The registry adapter's errors (``model_registry``), the retrain operations' (``server.admin.operations``) and
 the hyper-parameter allow-list's (``training.hyperparameters``) travel up unchanged. The gRPC layer maps all of
@@ -55,3 +56,7 @@ class PredictionNotFoundError(PredictionServiceError):
 
 class FeatureDisabledError(PredictionServiceError):
     """The call needs a part the server was configured without (drift off, no prediction log, no triggers)."""
+
+
+class DeadlineExpiredError(PredictionServiceError):
+    """The caller's deadline passed while the request waited for the model; it was not computed."""

@@ -30,6 +30,7 @@ from server.admin.operations import (
 )
 from server.errors import (
     AdminDisabledError,
+    DeadlineExpiredError,
     FeatureDisabledError,
     InvalidInputError,
     ModelUnavailableError,
@@ -54,6 +55,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (OperationNotFoundError, grpc.StatusCode.NOT_FOUND),
     (PredictionNotFoundError, grpc.StatusCode.NOT_FOUND),
     (FeatureDisabledError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DeadlineExpiredError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (FeedbackUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (RegistryUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),

@@ -1,4 +1,5 @@
-"""The interceptors unary RPCs pass through: error mapping, request id and the access log; admin authentication.
+"""The interceptors every RPC passes through: error mapping, malformed messages, the prediction streams' cap and
+metrics, request id and the access log; admin authentication.
 
 Access log lines go to the ``server.access`` logger; ``server.logs`` hands records to a queue so that
 the RPC thread never waits on the log's I/O.
@@ -7,15 +8,21 @@ the RPC thread never waits on the log's I/O.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
 
 from server.admin.auth import AdminAuthenticator
+from server.errors import InvalidInputError
 from server.grpc_errors import abort_for
+from server.metrics import RpcMetrics
+from server.tls import is_private
 
+logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("server.access")
 REQUEST_ID_KEY = "x-request-id"
 AUTHORIZATION_KEY = "authorization"
@@ -28,11 +35,101 @@ def request_id_of(context: grpc.ServicerContext) -> str:
     return "-"
 
 
-class ServerCallInterceptor(grpc.ServerInterceptor):
-    """Turns exceptions into statuses (``server.grpc_errors``) and logs one line per call when asked."""
+class MalformedMessage:
+    """What a request deserializer yields for bytes that do not parse: the call (or the stream message) is
+    answered INVALID_ARGUMENT. gRPC itself would answer INTERNAL and log a full traceback per message."""
 
-    def __init__(self, *, access_log: bool) -> None:
+    __slots__ = ("error",)
+
+    def __init__(self, method: str) -> None:
+        self.error = InvalidInputError(f"the request message of {method} could not be parsed (malformed protobuf)")
+
+
+class _MalformedLog:
+    """At most one warning per method every ``interval`` seconds, with the count of the ones not logged."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def note(self, method: str, error: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next.get(method, 0.0):
+                self._quiet[method] = self._quiet.get(method, 0) + 1
+                return
+            self._next[method] = now + self._interval
+            quiet = self._quiet.pop(method, 0)
+        logger.warning(
+            "%s: a request message could not be parsed (%s: %s); %d more since the last such line",
+            method,
+            type(error).__name__,
+            str(error)[:200],
+            quiet,
+        )
+
+
+_worker = threading.local()
+
+
+class QueueTimingExecutor(futures.ThreadPoolExecutor):
+    """The RPC thread pool, noting for each task how long it waited for a thread (``queue_wait()`` in the task).
+
+    gRPC submits one task per call; the task then receives and parses the request before the handler runs, so a
+    stamp taken when the call arrived would count the upload and the parsing of a large message as queueing.
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        submitted = time.monotonic()
+
+        def timed(*inner_args: Any, **inner_kwargs: Any) -> Any:
+            _worker.queue_wait = time.monotonic() - submitted
+            return fn(*inner_args, **inner_kwargs)
+
+        return super().submit(timed, *args, **kwargs)
+
+
+def queue_wait() -> float:
+    """How long the task running on this thread waited for it (0 outside ``QueueTimingExecutor`` threads)."""
+    wait: float = getattr(_worker, "queue_wait", 0.0)
+    return wait
+
+
+# Never shed: a health check must answer under overload (that is when orchestrators ask), reflection is cheap.
+NEVER_SHED = ("/grpc.health.v1.", "/grpc.reflection.")
+# gRFC A6: a client's retry policy waits this many milliseconds before it retries.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def _split(method: str) -> tuple[str, str]:
+    """``/package.Service/Method`` as (``package.Service``, ``Method``), the labels py-grpc-prometheus uses."""
+    _, service, name = method.split("/", 2)
+    return service, name
+
+
+class ServerCallInterceptor(grpc.ServerInterceptor):
+    """Turns exceptions into statuses (``server.grpc_errors``), answers unparsable request messages with
+    INVALID_ARGUMENT (counted, logged at a bounded rate), caps and counts the prediction streams
+    (``stream_methods``; py-grpc-prometheus counts no streams) and logs one line per call when asked."""
+
+    def __init__(
+        self,
+        *,
+        access_log: bool,
+        metrics: RpcMetrics,
+        stream_methods: frozenset[str] = frozenset(),
+        max_concurrent_streams: int = 1,
+        max_queue_seconds: float | None = None,
+    ) -> None:
         self._access_log = access_log
+        self._metrics = metrics
+        self._stream_methods = stream_methods
+        self._max_streams = max_concurrent_streams
+        self._streams = threading.BoundedSemaphore(max_concurrent_streams)
+        self._malformed_log = _MalformedLog()
+        self._max_queue = max_queue_seconds
 
     def intercept_service(
         self,
@@ -40,16 +137,63 @@ class ServerCallInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        behavior = handler.unary_unary
         method = handler_call_details.method
+        if handler.unary_unary is not None:
+            shed_after = None if self._max_queue is None or method.startswith(NEVER_SHED) else self._max_queue
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, shed_after),
+                request_deserializer=self._tolerant(handler.request_deserializer, method),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None and method in self._stream_methods:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream(handler.stream_stream, method),
+                request_deserializer=self._tolerant(handler.request_deserializer, method),
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _tolerant(self, deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+        if deserialize is None:
+            return None
+        counter = self._metrics.malformed.labels(*_split(method))
+        malformed_log = self._malformed_log
+
+        def parse(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except Exception as exc:
+                counter.inc()
+                malformed_log.note(method, exc)
+                return MalformedMessage(method)
+
+        return parse
+
+    def _unary(
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Any],
+        method: str,
+        shed_after: float | None,
+    ) -> Callable[..., Any]:
         access_log = self._access_log and access_logger.isEnabledFor(logging.INFO)
+        shed = self._metrics.shed
 
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             request_id = request_id_of(context)
             try:
+                if shed_after is not None and (waited := queue_wait()) > shed_after:
+                    shed.labels(*_split(method)).inc()
+                    context.set_trailing_metadata(((PUSHBACK_KEY, str(round(shed_after * 1000))),))
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"overloaded: the call waited {waited * 1000:.0f} ms for a worker (at most "
+                        f"{shed_after * 1000:.0f} ms); retry after the pushback",
+                    )
+                if type(request) is MalformedMessage:
+                    raise request.error
                 return behavior(request, context)
             except Exception as exc:
                 # context.abort() raises too; the status it set must pass through unchanged.
@@ -62,11 +206,54 @@ class ServerCallInterceptor(grpc.ServerInterceptor):
                     elapsed_ms = (time.perf_counter() - start) * 1000
                     access_logger.info("%s %s %.2fms request_id=%s", method, code.name, elapsed_ms, request_id)
 
-        return grpc.unary_unary_rpc_method_handler(
-            call,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return call
+
+    def _stream(
+        self, behavior: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]], method: str
+    ) -> Callable[..., Iterator[Any]]:
+        labels = _split(method)
+        active = self._metrics.streams_active.labels(*labels)
+        rejected = self._metrics.streams_rejected.labels(*labels)
+        messages = self._metrics.stream_messages
+        answered = messages.labels(*labels, "OK")
+        streams = self._streams
+        most = self._max_streams
+        access_log = self._access_log
+
+        def call(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            request_id = request_id_of(context)
+            if not streams.acquire(blocking=False):
+                rejected.inc()
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the server already holds its {most} concurrent streams; retry later or use unary calls",
+                )
+            start = time.perf_counter()
+            active.inc()
+            replies = 0
+            try:
+                for reply in behavior(requests, context):
+                    if reply.WhichOneof("result") == "error":
+                        messages.labels(*labels, reply.error.status).inc()
+                    else:
+                        answered.inc()
+                    replies += 1
+                    yield reply
+            except Exception as exc:
+                if context.code() in (None, grpc.StatusCode.OK):  # type: ignore[attr-defined]
+                    abort_for(exc, context, method, request_id)
+                raise
+            finally:
+                streams.release()
+                active.dec()
+                if access_log and access_logger.isEnabledFor(logging.INFO):
+                    code = context.code() or grpc.StatusCode.OK  # type: ignore[attr-defined]
+                    elapsed_ms = (time.perf_counter() - start) * 1000
+                    access_logger.info(
+                        "%s %s %.2fms replies=%d request_id=%s", method, code.name, elapsed_ms, replies, request_id
+                    )
+
+        return call
 
 
 class AdminAuthInterceptor(grpc.ServerInterceptor):
@@ -94,7 +281,7 @@ class AdminAuthInterceptor(grpc.ServerInterceptor):
         authenticator = self._authenticator
 
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            authenticator.check(authorization)
+            authenticator.check(authorization, private=is_private(context))
             return behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

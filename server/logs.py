@@ -11,6 +11,17 @@ import queue
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
+class DeferredQueueHandler(logging.handlers.QueueHandler):
+    """Enqueues records unformatted, so that the listener thread formats them, not the RPC thread.
+
+    The standard ``QueueHandler.prepare`` formats the message (and any traceback) in the caller, so that
+    records can cross process boundaries; this queue never leaves the process.
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
 def configure_logging(level: str) -> logging.handlers.QueueListener:
     """Route every record through a queue to stderr; the caller stops the returned listener at exit."""
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
@@ -18,7 +29,7 @@ def configure_logging(level: str) -> logging.handlers.QueueListener:
     output.setFormatter(logging.Formatter(LOG_FORMAT))
     listener = logging.handlers.QueueListener(records, output, respect_handler_level=True)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.handlers[:] = [DeferredQueueHandler(records)]
     root.setLevel(level)
     for noisy in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -61,6 +61,13 @@ class ModelMetrics:
             ["service", "model", "version", "alias", "run_id", "variant"],
             registry=registry,
         )
+        self.training_metric = Gauge(
+            "model_training_metric",
+            "Each served version's metrics on its held-out test data at training time (rmse, mae, r2, accuracy, ...), "
+            "logged with it in the registry: what live quality (model_live_*) is compared with.",
+            ["model", "version", "variant", "metric"],
+            registry=registry,
+        )
         self.loaded_at = Gauge(
             "model_loaded_timestamp_seconds",
             "Unix time at which the served version of each service's variant was loaded.",
@@ -122,13 +129,51 @@ class ModelMetrics:
         for variant, model in before.items():
             ref = model.description.ref
             self.loaded.remove(service, ref.name, ref.version, ref.alias, ref.run_id, variant)
+            for metric in model.description.training_metrics:
+                self.training_metric.remove(ref.name, ref.version, variant, metric)
             if variant not in after:
                 self.loaded_at.remove(service, variant)
         for variant, model in after.items():
             ref = model.description.ref
             self.loaded.labels(service, ref.name, ref.version, ref.alias, ref.run_id, variant).set(1)
+            for metric, value in model.description.training_metrics.items():
+                self.training_metric.labels(ref.name, ref.version, variant, metric).set(value)
             self.loaded_at.labels(service, variant).set(model.description.loaded_at.timestamp())
             if variant in before and before[variant] is not model:
                 self.swaps.labels(service).inc()
         self.challenger_percent.labels(service).set(0.0 if new is None else new.challenger_percent)
         self.shadow_enabled.labels(service).set(1.0 if new is not None and new.shadow else 0.0)
+
+
+class RpcMetrics:
+    """What py-grpc-prometheus does not see: the prediction streams, and request messages that do not parse."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_service", "grpc_method"]
+        self.streams_active = Gauge(
+            "grpc_server_streams_active", "Prediction streams open now.", labels, registry=registry
+        )
+        self.streams_rejected = Counter(
+            "grpc_server_streams_rejected_total",
+            "Prediction streams refused with RESOURCE_EXHAUSTED: the server held its cap of concurrent streams.",
+            labels,
+            registry=registry,
+        )
+        self.stream_messages = Counter(
+            "grpc_server_stream_messages_total",
+            "Replies sent on prediction streams, by the status of each message (OK, or its error's code).",
+            [*labels, "grpc_code"],
+            registry=registry,
+        )
+        self.shed = Counter(
+            "grpc_server_shed_total",
+            "Calls refused with RESOURCE_EXHAUSTED because they waited longer than max_queue_ms for a worker thread.",
+            labels,
+            registry=registry,
+        )
+        self.malformed = Counter(
+            "grpc_server_malformed_requests_total",
+            "Request messages that could not be parsed (answered INVALID_ARGUMENT), on any method.",
+            labels,
+            registry=registry,
+        )

@@ -9,11 +9,25 @@ served only after all of this passed:
 - any fast path reproduced scikit-learn exactly on sample rows (else it is dropped, the version still serves);
 - smoke predictions on those sample rows, through the code that will answer requests, are finite and of the
   right shape.
+
+Preparation also decides whether rows of different requests may share one call. A version is
+``row_independent`` when each sample row's answer alone is bit-for-bit its answer inside a small and a large
+batch: trees are; linear models often are not, since BLAS rounds a product by its shape. With
+``microbatch="auto"`` small requests are coalesced (``server.batching``) only for row-independent versions, so
+coalescing never changes an answer, and only when it pays: the served code is timed on one row and on
+``COALESCE_PROBE_ROWS`` rows, and one call on those rows must save more than coalescing costs (a queued request's
+wake-up, ``HANDOFF_SECONDS`` a row). A random forest saves milliseconds a row; the exact fast paths cost the same
+per row however many rows they get, so coalescing would only add the hand-offs. Streams group their waiting
+messages into one call for row-independent versions only.
 """
 
 import dataclasses
 import logging
+import statistics
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
 
@@ -28,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 # Rows on which a fast path must reproduce the estimator exactly, and on which smoke predictions run.
 VERIFICATION_ROWS = 256
+# Rows of the probe that decides coalescing: as many as the RPC threads can queue on a model at once (8 by default).
+COALESCE_PROBE_ROWS = 8
+# What coalescing costs per queued request: its thread's wake-up and the slicing (measured: benchmarks.microbatch).
+HANDOFF_SECONDS = 60e-6
+CoalesceMode = Literal["auto", "on", "off"]
 
 
 class ModelValidationError(Exception):
@@ -63,8 +82,9 @@ def describe_estimator(estimator: object) -> str:
 class ModelPreparer:
     """Checks one service's candidate versions and equips them (fast path) for its ``ModelRunner``."""
 
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, coalesce: CoalesceMode = "off") -> None:
         self._runner = runner
+        self._coalesce = coalesce
         self._spec = runner.spec
         self._sample = sample_rows(self._spec.features, VERIFICATION_ROWS)
 
@@ -87,7 +107,7 @@ class ModelPreparer:
         )
         model = self._with_fast_path(model)
         self._smoke_test(model)
-        return model
+        return self._with_coalescing(model)
 
     def _check_inputs(self, artifact: LoadedArtifact, model_uri: str) -> None:
         expected = self._spec.features.names
@@ -151,6 +171,40 @@ class ModelPreparer:
             return model
         return dataclasses.replace(model, small_batch_predict=fast_path)
 
+    def _row_independent(self, model: LoadedModel) -> bool:
+        rows = self._sample[: self._runner.small_batch_rows + COALESCE_PROBE_ROWS]
+        large = self._runner.predict(model, rows)
+        small = self._runner.predict(model, rows[:COALESCE_PROBE_ROWS])
+        for index in range(COALESCE_PROBE_ROWS):
+            alone = self._runner.predict(model, rows[index : index + 1])
+            if not (np.array_equal(alone[0], large[index]) and np.array_equal(alone[0], small[index])):
+                return False
+        return True
+
+    def _with_coalescing(self, model: LoadedModel) -> LoadedModel:
+        model = dataclasses.replace(model, row_independent=self._row_independent(model))
+        if self._coalesce == "off":
+            return model
+        if self._coalesce == "on":
+            return dataclasses.replace(model, coalesce=True)
+        if not model.row_independent:
+            uri = model.description.model_uri
+            logger.info("%s: its answers depend on the batch's shape; small requests are not coalesced", uri)
+            return model
+        one_row, many = self._sample[:1], self._sample[:COALESCE_PROBE_ROWS]
+        alone = _median_seconds(lambda: self._runner.predict(model, one_row), 7) * COALESCE_PROBE_ROWS
+        together = _median_seconds(lambda: self._runner.predict(model, many), 5)
+        saved = alone - together - HANDOFF_SECONDS * COALESCE_PROBE_ROWS
+        logger.info(
+            "%s: %d rows cost %.0f us one by one, %.0f us together: %s",
+            model.description.model_uri,
+            COALESCE_PROBE_ROWS,
+            alone * 1e6,
+            together * 1e6,
+            "small requests are coalesced" if saved > 0 else "not coalesced",
+        )
+        return dataclasses.replace(model, coalesce=saved > 0)
+
     def _smoke_test(self, model: LoadedModel) -> None:
         uri = model.description.model_uri
         # One row takes the fast path when there is one (proven exact above); the whole sample, scikit-learn.
@@ -161,3 +215,12 @@ class ModelPreparer:
                 raise ModelValidationError("output", f"{uri} answered its smoke predictions wrongly: {exc}") from exc
             except Exception as exc:
                 raise ModelValidationError("warm_up", f"{uri} failed its smoke predictions: {exc}") from exc
+
+
+def _median_seconds(call: Callable[[], object], rounds: int) -> float:
+    timings = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)

@@ -35,7 +35,8 @@ class PredictRuntime:
         self._parallel_batch_rows = parallel_batch_rows
         self._controller = ThreadpoolController()
         self._all_cores = os.cpu_count() or 1
-        self._call_slots = threading.BoundedSemaphore(max_concurrent_calls or self._all_cores)
+        self.call_slots = max_concurrent_calls or self._all_cores
+        self._call_slots = threading.BoundedSemaphore(self.call_slots)
 
     @property
     def controlled_apis(self) -> frozenset[str]:

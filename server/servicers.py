@@ -4,15 +4,17 @@ Errors propagate as domain exceptions; ``server.grpc_errors`` turns them into st
 """
 
 import time
+from collections.abc import Iterator
 
 import grpc
 
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
 from server import converters
 from server.core import HousingEndpoint, IrisEndpoint, ModelEndpoint
-from server.domain import RequestContext
+from server.domain import HousingPredictions, IrisClassifications, RequestContext
 from server.interceptors import REQUEST_ID_KEY
 from server.lifecycle import ModelWatcher
+from server.streams import StreamAnswerer
 
 ROUTING_KEY = "x-routing-key"
 
@@ -46,9 +48,22 @@ def _model_info(endpoint: ModelEndpoint, watcher: ModelWatcher) -> model_pb2.Mod
 
 
 class HousingPredictorServicer(housing_pb2_grpc.HousingPredictorServicer):
-    def __init__(self, endpoint: HousingEndpoint, watcher: ModelWatcher) -> None:
+    def __init__(
+        self, endpoint: HousingEndpoint, watcher: ModelWatcher, *, stream_group: int = 64, read_ahead: int = 128
+    ) -> None:
         self._endpoint = endpoint
         self._watcher = watcher
+        features = endpoint.features
+        self._streams: StreamAnswerer[housing_pb2.HousingFeatures, HousingPredictions] = StreamAnswerer(
+            to_batch=lambda message: converters.features_to_batch((message,), features, is_batch=False),
+            answer_each=endpoint.predict_each,
+            reply=lambda sequence, result: housing_pb2.HousingStreamReply(
+                sequence=sequence, prediction=converters.housing_prediction_to_proto(result)
+            ),
+            error_reply=lambda sequence, error: housing_pb2.HousingStreamReply(sequence=sequence, error=error),
+            max_group=stream_group,
+            read_ahead=read_ahead,
+        )
 
     def Predict(  # noqa: N802 - names come from the proto
         self, request: housing_pb2.HousingFeatures, context: grpc.ServicerContext
@@ -68,6 +83,11 @@ class HousingPredictorServicer(housing_pb2_grpc.HousingPredictorServicer):
         batch = converters.columns_to_batch(request, self._endpoint.features)
         return converters.housing_columns_to_proto(self._endpoint.predict(batch, request_context(context)))
 
+    def PredictStream(  # noqa: N802
+        self, request_iterator: Iterator[housing_pb2.HousingFeatures], context: grpc.ServicerContext
+    ) -> Iterator[housing_pb2.HousingStreamReply]:
+        return self._streams.serve(request_iterator, request_context(context))
+
     def GetModelInfo(  # noqa: N802
         self, request: model_pb2.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> model_pb2.ModelInfo:
@@ -75,9 +95,22 @@ class HousingPredictorServicer(housing_pb2_grpc.HousingPredictorServicer):
 
 
 class IrisClassifierServicer(iris_pb2_grpc.IrisClassifierServicer):
-    def __init__(self, endpoint: IrisEndpoint, watcher: ModelWatcher) -> None:
+    def __init__(
+        self, endpoint: IrisEndpoint, watcher: ModelWatcher, *, stream_group: int = 64, read_ahead: int = 128
+    ) -> None:
         self._endpoint = endpoint
         self._watcher = watcher
+        features = endpoint.features
+        self._streams: StreamAnswerer[iris_pb2.IrisFeatures, IrisClassifications] = StreamAnswerer(
+            to_batch=lambda message: converters.features_to_batch((message,), features, is_batch=False),
+            answer_each=endpoint.classify_each,
+            reply=lambda sequence, result: iris_pb2.IrisStreamReply(
+                sequence=sequence, prediction=converters.iris_prediction_to_proto(result)
+            ),
+            error_reply=lambda sequence, error: iris_pb2.IrisStreamReply(sequence=sequence, error=error),
+            max_group=stream_group,
+            read_ahead=read_ahead,
+        )
 
     def Classify(  # noqa: N802
         self, request: iris_pb2.IrisFeatures, context: grpc.ServicerContext
@@ -96,6 +129,11 @@ class IrisClassifierServicer(iris_pb2_grpc.IrisClassifierServicer):
     ) -> iris_pb2.IrisColumnsPrediction:
         batch = converters.columns_to_batch(request, self._endpoint.features)
         return converters.iris_columns_to_proto(self._endpoint.classify(batch, request_context(context)))
+
+    def ClassifyStream(  # noqa: N802
+        self, request_iterator: Iterator[iris_pb2.IrisFeatures], context: grpc.ServicerContext
+    ) -> Iterator[iris_pb2.IrisStreamReply]:
+        return self._streams.serve(request_iterator, request_context(context))
 
     def GetModelInfo(  # noqa: N802
         self, request: model_pb2.GetModelInfoRequest, context: grpc.ServicerContext

@@ -1,8 +1,9 @@
 """Settings of the prediction server process: built once in ``__main__`` and passed down."""
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,10 +41,35 @@ class ServerSettings(BaseSettings):
     max_batch_size: int = Field(1000, ge=1, description="Most instances one batch call may carry.")
     max_workers: int = Field(8, ge=1, description="Threads handling RPCs concurrently.")
     max_concurrent_rpcs: int | None = Field(
-        None, ge=1, description="RPCs admitted at once; beyond it calls fail fast with RESOURCE_EXHAUSTED."
+        1000,
+        ge=1,
+        description="RPCs held at once, queued or running, health checks included; beyond it gRPC refuses new "
+        "calls at once with RESOURCE_EXHAUSTED, before they take any memory. The last-resort bound on memory: "
+        "max_queue_ms sheds load long before it is reached. Unset: unbounded.",
+    )
+    max_queue_ms: float | None = Field(
+        500.0,
+        gt=0,
+        description="A call that waited longer than this for a worker thread is refused with RESOURCE_EXHAUSTED "
+        "and a grpc-retry-pushback-ms trailer, without being computed: under overload the queue sheds instead of "
+        "growing, so answered calls keep a bounded latency. Health and reflection are never shed. Unset: never.",
+    )
+    max_concurrent_streams: int | None = Field(
+        None,
+        ge=1,
+        description="Prediction streams (PredictStream, ClassifyStream) open at once; beyond it a new stream is "
+        "refused with RESOURCE_EXHAUSTED. Each open stream holds one RPC thread, so unset means half of max_workers "
+        "(at least 1): streams can never take every thread from unary calls.",
     )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request or response message, in bytes."
+    )
+    max_connection_age_seconds: float | None = Field(
+        300.0,
+        gt=0,
+        description="Clients are asked to reconnect (GOAWAY) after a connection has lived this long, so that a "
+        "client on dns:/// with round_robin re-resolves and spreads calls over replicas added since; in-flight "
+        "calls finish first (grace_seconds). Unset: connections live for ever.",
     )
     grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM/SIGINT, time in-flight RPCs get to finish.")
     parallel_batch_rows: int | None = Field(
@@ -72,6 +98,25 @@ class ServerSettings(BaseSettings):
         description="Local development only: with no admin token set, accept every admin call (logged loudly at "
         "start-up). `make run` uses it.",
     )
+    admin_allow_plaintext: bool = Field(
+        False,
+        description="Accept admin calls over a plaintext (non-TLS) connection, where the bearer token travels in "
+        "cleartext. Off: they are refused with PERMISSION_DENIED unless the port serves TLS. admin_dev_mode implies "
+        "it (`make run` is plaintext on localhost). Set it where the network itself is trusted (bridge and server "
+        "in one private network without TLS).",
+    )
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain the gRPC port serves (TLS); needs tls_key_file. Unset: plaintext. "
+        "Re-read when it changes on disk: new connections get the new certificate without a restart.",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key (unencrypted) of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA certificate(s) client certificates must chain to (mTLS); re-read like the cert."
+    )
+    tls_require_client_cert: bool = Field(
+        False, description="Require every client to present a certificate from tls_client_ca_file (mTLS)."
+    )
     state_dir: Path = Field(
         Path("state"),
         description="Where the server keeps what must survive a restart: retrain operations and their output.",
@@ -92,6 +137,22 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="Requests of at most this many rows use a model's exact fast path when it has one "
         "(server.fast_paths: identical answers, 10-40x faster for one row); 0 turns it off.",
+    )
+    microbatch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Coalesce concurrent small requests for one model into one predict call (server.batching). "
+        "auto: for the versions whose preparation measured that one call on several rows costs clearly less than "
+        "a call per row (e.g. a random forest, or a model without a fast path); on: every version; off: none.",
+    )
+    microbatch_max_rows: int = Field(
+        64, ge=1, description="Most rows one coalesced call carries; requests of more rows are never coalesced."
+    )
+    microbatch_max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long a coalesced call waits for more requests before it starts; 0: it takes what queued "
+        "while the model was busy, so an idle server adds no wait.",
     )
     log_level: str = Field("INFO", description="Logging level of the server process.")
     access_log: bool = Field(
@@ -167,6 +228,10 @@ class ServerSettings(BaseSettings):
         "mlartifacts/ (the directory the server was started in, by default).",
     )
 
+    @property
+    def stream_cap(self) -> int:
+        return self.max_concurrent_streams or max(1, self.max_workers // 2)
+
     @field_validator("state_dir", "retrain_workdir", "prediction_log_path")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
@@ -180,3 +245,17 @@ class ServerSettings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+    @model_validator(mode="after")
+    def _complete_tls(self) -> Self:
+        # Only the combinations; server.tls reads and checks the files themselves when the port is bound.
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("PREDICTOR_TLS_CERT_FILE and PREDICTOR_TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("PREDICTOR_TLS_CLIENT_CA_FILE needs PREDICTOR_TLS_CERT_FILE and PREDICTOR_TLS_KEY_FILE")
+        if self.tls_require_client_cert and self.tls_client_ca_file is None:
+            raise ValueError("PREDICTOR_TLS_REQUIRE_CLIENT_CERT needs PREDICTOR_TLS_CLIENT_CA_FILE")
+        if self.tls_client_ca_file is not None and not self.tls_require_client_cert:
+            # grpc does not even ask for a client certificate then: the CA would be silently ignored.
+            raise ValueError("PREDICTOR_TLS_CLIENT_CA_FILE is used only with PREDICTOR_TLS_REQUIRE_CLIENT_CERT=true")
+        return self

@@ -174,6 +174,10 @@ class ScriptedHousing(housing_pb2_grpc.HousingPredictorServicer):
             model=_version("Housing"),
         )
 
+    def PredictStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        # The bridge has no streaming routes: gRPC clients stream, REST clients send batches.
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the scripted server does not stream")
+
     def GetModelInfo(self, request: Any, context: grpc.ServicerContext) -> model_pb2.ModelInfo:  # noqa: N802
         self.script.run(context)
         return model_info("Housing")
@@ -192,6 +196,9 @@ def _classification() -> dict[str, Any]:
 class ScriptedIris(iris_pb2_grpc.IrisClassifierServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
+
+    def ClassifyStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the scripted server does not stream")
 
     def Classify(self, request: Any, context: grpc.ServicerContext) -> iris_pb2.IrisPrediction:  # noqa: N802
         self.script.run(context)

@@ -2,17 +2,25 @@
 
 The cases come from the bridge's own OpenAPI document, for every operation, both valid ones and ones
 that break the schema on purpose; every response is checked by schemathesis (server errors, status
-codes, content types and bodies against the documented schemas). Admin operations are sent with the
-server's token, so they reach its servicer; schemathesis then also checks, on every 2xx, that the same
-call without the token or with a wrong one is refused. The hypothesis profiles are in ``tests/conftest.py``:
-the same examples every run under CI, a local example database elsewhere.
+codes, content types and bodies against the documented schemas). Every route of the app with an input is
+in the document, and each is fuzzed: the test derives the list from the app's routes, so a new route cannot
+be left out. (The docs pages, their assets and the OpenAPI document itself take no input; test_security and
+test_metrics cover them.) Admin operations are sent with the server's token, so they reach its servicer, on
+an in-memory registry with a prediction log, drift and an automated trigger configured: each runs its real
+handler, none stops at "switched off". Nothing is excluded: retrains are the one unbounded side effect, and
+their child is a stand-in that trains nothing (``fake_training``). Schemathesis then also checks, on every
+2xx, that the same call without the token or with a wrong one is refused. The hypothesis profiles are in
+``tests/conftest.py``: the same examples every run under CI, a local example database elsewhere.
 """
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from hypothesis import given, settings
 from prometheus_client import CollectorRegistry
 from schemathesis.config import SchemathesisConfig
@@ -28,7 +36,8 @@ from ..server.conftest import in_memory_registry, running_server
 from .conftest import fake_training
 from .scripted_server import SCRIPTED_AUTHORIZATION, ScriptedServer
 
-EXAMPLES_PER_OPERATION = 30
+# Bounded so that the three runs stay within about 30 s on a shared 2-core machine.
+EXAMPLES_PER_OPERATION = 10
 TOKEN = "fuzz-token"  # noqa: S105 - a test token
 ADMIN_PATHS = r"^/(retrain|operations|predictions|drift|feedback|quality|models/\{model\}/)"
 # The columns routes take one list per feature, all of the same length: JSON Schema cannot say "as long as the
@@ -50,8 +59,26 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predict
     # routes state it as maxItems (rest_bridge.schemas.MAX_COLUMN_ROWS, the same default).
     # The fuzzer does start retrains (the schema's examples name real models): their child must not train.
     workdir = fake_training(tmp_path_factory.mktemp("retrain-workdir"))
-    with running_server(in_memory_registry(), admin_token=TOKEN, retrain_workdir=workdir) as server:
+    # A schedule that cannot come due during the test: PUT /models/{model}/auto-retrain reaches its real handler.
+    # The bridge reaches the server over plaintext on loopback: admin calls must be let through without TLS.
+    with running_server(
+        in_memory_registry(),
+        admin_token=TOKEN,
+        admin_allow_plaintext=True,
+        retrain_workdir=workdir,
+        retrain_schedule_seconds=86_400.0,
+    ) as server:
         yield server
+
+
+def _operations_of(app: FastAPI, path_regex: str = "") -> set[tuple[str, str]]:
+    """Every (method, path) the app documents, from its routes: what the fuzzer must have covered."""
+    return {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.include_in_schema and re.search(path_regex, route.path)
+        for method in route.methods or ()
+    }
 
 
 def _equal_columns(case: schemathesis.Case[Any]) -> schemathesis.Case[Any]:
@@ -65,10 +92,13 @@ def _equal_columns(case: schemathesis.Case[Any]) -> schemathesis.Case[Any]:
     return case
 
 
-def _fuzz(schema: BaseSchema, mode: GenerationMode, authorization: str) -> int:
-    """Run schemathesis over the schema's operations, sending ``authorization``; how many operations there were."""
+def _fuzz(schema: BaseSchema, mode: GenerationMode, authorization: str) -> dict[tuple[str, str], set[int]]:
+    """Run schemathesis over the schema's operations, sending ``authorization``; the statuses each (method, path)
+    was answered with (none for one skipped)."""
     operations = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
+    statuses: dict[tuple[str, str], set[int]] = {}
     for operation in operations:
+        statuses[(operation.method.upper(), operation.path)] = set()
         if mode == GenerationMode.NEGATIVE and not (operation.body or operation.path_parameters or operation.query):
             continue  # nothing to break in a GET without parameters
 
@@ -83,10 +113,11 @@ def _fuzz(schema: BaseSchema, mode: GenerationMode, authorization: str) -> int:
         )
         def check(case: schemathesis.Case[Any]) -> None:
             # Spelt as the security scheme names it: schemathesis strips exactly that name from its probes.
-            case.call_and_validate(headers={"Authorization": authorization})
+            response = case.call_and_validate(headers={"Authorization": authorization})
+            statuses[(case.operation.method.upper(), case.operation.path)].add(response.status_code)
 
         check()
-    return len(operations)
+    return statuses
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
@@ -100,7 +131,13 @@ def test_no_input_yields_a_server_error(default_server: PredictionServer, mode: 
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json", app, config=SchemathesisConfig.from_dict({"operations": [refusals]})
     )
-    assert _fuzz(schema, mode, f"Bearer {TOKEN}") == 23
+    statuses = _fuzz(schema, mode, f"Bearer {TOKEN}")
+    assert set(statuses) == _operations_of(app)
+    assert len(statuses) == 23
+    if mode == GenerationMode.POSITIVE:
+        # The token got through and the handler ran: an admin route refused every time (401, 403) fuzzed nothing.
+        refused = {operation for operation, answered in statuses.items() if answered and answered <= {401, 403}}
+        assert not refused, sorted(refused)
 
 
 def test_admin_routes_accept_every_input_their_schema_accepts(scripted: ScriptedServer) -> None:
@@ -108,4 +145,6 @@ def test_admin_routes_accept_every_input_their_schema_accepts(scripted: Scripted
     # bridge's own: a schema that promises more than the bridge takes.
     app = create_app(BridgeSettings(grpc_target=scripted.target), CollectorRegistry())
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=SchemathesisConfig())
-    assert _fuzz(schema.include(path_regex=ADMIN_PATHS), GenerationMode.POSITIVE, SCRIPTED_AUTHORIZATION) == 12
+    statuses = _fuzz(schema.include(path_regex=ADMIN_PATHS), GenerationMode.POSITIVE, SCRIPTED_AUTHORIZATION)
+    assert set(statuses) == _operations_of(app, ADMIN_PATHS)
+    assert len(statuses) == 12

@@ -78,7 +78,10 @@ SERVICES = [
     *iris_pb2.DESCRIPTOR.services_by_name.values(),
     *admin_pb2.DESCRIPTOR.services_by_name.values(),
 ]
-ANSWERS = {method.output_type.full_name for service in SERVICES for method in service.methods}
+# REST has no bidirectional streams: the stream RPCs are gRPC only (their messages are the unary ones, in replies).
+STREAMS = {method.full_name for service in SERVICES for method in service.methods if method.client_streaming}
+UNARY = [method for service in SERVICES for method in service.methods if not method.client_streaming]
+ANSWERS = {method.output_type.full_name for method in UNARY}
 # Enum fields whose zero value the server sends, meaning "not yet": null in REST.
 NULLABLE_ENUM_FIELDS = {"prediction.v1.Operation.decision"}
 ENUMS: dict[type[Enum], tuple[str, dict[Any, int]]] = {
@@ -259,7 +262,8 @@ def test_every_message_of_the_services_is_covered():
     # Requests whose fields are the route's path and query (checked above, with the SetAlias body).
     covered |= {method.input_type.full_name for method in ADMIN_ROUTES.values()}
     assert set(ADMIN_ROUTES.values()) == set(ADMIN.methods)
-    used = {m.input_type.full_name for s in SERVICES for m in s.methods} | ANSWERS
+    used = {method.input_type.full_name for method in UNARY} | ANSWERS
+    assert {"prediction.v1.HousingPredictor.PredictStream", "prediction.v1.IrisClassifier.ClassifyStream"} == STREAMS
     # GetModelInfoRequest is empty: GET /models has no body.
     assert used - covered == {"prediction.v1.GetModelInfoRequest"}
 

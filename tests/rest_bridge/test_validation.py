@@ -163,6 +163,21 @@ async def test_a_body_that_is_not_a_json_object(client, content: str, content_ty
     assert _fields(response) == [""]
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"sepal_length_cm": "\xff"}', "invalid start byte at offset 21 (the body must be UTF-8)"),
+        (b"[" * 100_000, "nested too deeply"),
+    ],
+    ids=["not-utf-8", "nested-too-deeply"],
+)
+async def test_json_that_cannot_be_decoded_is_invalid_like_any_other(client, content: bytes, reason: str):
+    # FastAPI answers these with a bare 400 of its own; every other bad body gets the 422.
+    response = await client.post("/predict/iris", content=content, headers={"content-type": "application/json"})
+    assert _fields(response) == [""]
+    assert response.json()["error"]["message"] == f"request body: is not valid JSON: {reason}"
+
+
 async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(prediction_server):
     huge = b'{"instances": [' + b",".join([b'{"sepal_length_cm": 5.1}'] * 2000) + b"]}"
     async with bridge(f"127.0.0.1:{prediction_server.port}", max_body_bytes=16 * 1024) as client:

@@ -39,6 +39,8 @@ def server_settings(**overrides: object) -> ServerSettings:
         "metrics_port": 0,
         "grace_seconds": 1.0,
         "max_workers": 4,
+        # Plaintext on loopback: admin calls are allowed without TLS here (tests of the refusal turn it off).
+        "admin_allow_plaintext": True,
         "mlflow_tracking_uri": "sqlite:///unused.db",
         # Explicitly: mlflow exports the URIs it last used into the environment, which the settings would read.
         "mlflow_registry_uri": None,

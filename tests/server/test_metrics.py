@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos.prediction.v1 import iris_pb2, iris_pb2_grpc
 
-from .conftest import channel_to, in_memory_registry, running_server
+from .conftest import channel_to, in_memory_registry, running_server, small_housing_model
 
 FLOWER = iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2)
 
@@ -63,6 +63,20 @@ def test_metrics_count_rpcs_predictions_batches_and_the_loaded_versions():
     assert _value(samples, "model_loaded_info", **loaded) == 1
     housing = {"service": "prediction.v1.HousingPredictor", "variant": "champion"}
     assert _value(samples, "model_loaded_timestamp_seconds", **housing) > 0
+
+
+def test_the_training_metrics_of_each_served_version_are_exported_until_it_stops_being_served():
+    registry = in_memory_registry(housing=False)
+    registry.register("CaliforniaHousingBestModel", small_housing_model(), alias="champion", metrics={"rmse": 0.5})
+    with running_server(registry) as server:
+        assert server.metrics_port is not None
+        first = {"model": "CaliforniaHousingBestModel", "version": "1", "variant": "champion", "metric": "rmse"}
+        assert _value(_scrape(server.metrics_port), "model_training_metric", **first) == 0.5
+        registry.register("CaliforniaHousingBestModel", small_housing_model(), alias="champion", metrics={"rmse": 0.4})
+        server.watcher.sync_all()
+        samples = _scrape(server.metrics_port)
+    assert _value(samples, "model_training_metric", **(first | {"version": "2"})) == 0.4
+    assert not any(name == "model_training_metric" and ("version", "1") in labels for name, labels in samples)
 
 
 def test_failed_model_loads_are_counted():

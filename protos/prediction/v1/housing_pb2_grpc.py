@@ -56,6 +56,11 @@ class HousingPredictorStub:
                 request_serializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumns.SerializeToString,
                 response_deserializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumnsPrediction.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/prediction.v1.HousingPredictor/PredictStream',
+                request_serializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingFeatures.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingStreamReply.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/prediction.v1.HousingPredictor/GetModelInfo',
                 request_serializer=protos_dot_prediction_dot_v1_dot_model__pb2.GetModelInfoRequest.SerializeToString,
@@ -96,6 +101,18 @@ class HousingPredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictStream(self, request_iterator, context):
+        """Predicts a stream of block groups over one long-lived call, for clients that send many single rows.
+        Ordering: exactly one reply per request message, in request order; reply.sequence is the message's index
+        in the stream (0, 1, ...). A message that cannot be predicted (a bad field, no model loaded) gets a reply
+        with `error` set and the stream goes on. Flow control: the server reads ahead a bounded number of messages
+        and predicts those that are waiting together; a client that stops reading its replies stops the server
+        reading its requests. The server caps concurrent streams (RESOURCE_EXHAUSTED beyond the cap).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes the model version being served.
         """
@@ -120,6 +137,11 @@ def add_HousingPredictorServicer_to_server(servicer, server):
                     servicer.PredictColumns,
                     request_deserializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumns.FromString,
                     response_serializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumnsPrediction.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingFeatures.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_housing__pb2.HousingStreamReply.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -214,6 +236,33 @@ class HousingPredictor:
             '/prediction.v1.HousingPredictor/PredictColumns',
             protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumns.SerializeToString,
             protos_dot_prediction_dot_v1_dot_housing__pb2.HousingColumnsPrediction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/prediction.v1.HousingPredictor/PredictStream',
+            protos_dot_prediction_dot_v1_dot_housing__pb2.HousingFeatures.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_housing__pb2.HousingStreamReply.FromString,
             options,
             channel_credentials,
             insecure,

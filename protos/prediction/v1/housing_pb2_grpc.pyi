@@ -51,6 +51,14 @@ class HousingPredictorStub:
     same validation (a bad value is named column[row], e.g. "median_income[3]"), one model version for the whole
     batch, one prediction id per row; much cheaper to encode and decode than PredictBatch for large batches.
     """
+    PredictStream: _grpc.StreamStreamMultiCallable[_housing_pb2.HousingFeatures, _housing_pb2.HousingStreamReply]
+    """Predicts a stream of block groups over one long-lived call, for clients that send many single rows.
+    Ordering: exactly one reply per request message, in request order; reply.sequence is the message's index
+    in the stream (0, 1, ...). A message that cannot be predicted (a bad field, no model loaded) gets a reply
+    with `error` set and the stream goes on. Flow control: the server reads ahead a bounded number of messages
+    and predicts those that are waiting together; a client that stops reading its replies stops the server
+    reading its requests. The server caps concurrent streams (RESOURCE_EXHAUSTED beyond the cap).
+    """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetModelInfoRequest, _model_pb2.ModelInfo]
     """Describes the model version being served."""
 
@@ -75,6 +83,14 @@ class HousingPredictorAsyncStub(HousingPredictorStub):
     """Predicts a batch sent as columns: one packed array per feature, row i made of every column's value i. The
     same validation (a bad value is named column[row], e.g. "median_income[3]"), one model version for the whole
     batch, one prediction id per row; much cheaper to encode and decode than PredictBatch for large batches.
+    """
+    PredictStream: _aio.StreamStreamMultiCallable[_housing_pb2.HousingFeatures, _housing_pb2.HousingStreamReply]  # type: ignore[assignment]
+    """Predicts a stream of block groups over one long-lived call, for clients that send many single rows.
+    Ordering: exactly one reply per request message, in request order; reply.sequence is the message's index
+    in the stream (0, 1, ...). A message that cannot be predicted (a bad field, no model loaded) gets a reply
+    with `error` set and the stream goes on. Flow control: the server reads ahead a bounded number of messages
+    and predicts those that are waiting together; a client that stops reading its replies stops the server
+    reading its requests. The server caps concurrent streams (RESOURCE_EXHAUSTED beyond the cap).
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_model_pb2.GetModelInfoRequest, _model_pb2.ModelInfo]  # type: ignore[assignment]
     """Describes the model version being served."""
@@ -115,6 +131,20 @@ class HousingPredictorServicer(metaclass=_abc_1.ABCMeta):
         """Predicts a batch sent as columns: one packed array per feature, row i made of every column's value i. The
         same validation (a bad value is named column[row], e.g. "median_income[3]"), one model version for the whole
         batch, one prediction id per row; much cheaper to encode and decode than PredictBatch for large batches.
+        """
+
+    @_abc_1.abstractmethod
+    def PredictStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_housing_pb2.HousingFeatures],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_housing_pb2.HousingStreamReply], _abc.AsyncIterator[_housing_pb2.HousingStreamReply]]:
+        """Predicts a stream of block groups over one long-lived call, for clients that send many single rows.
+        Ordering: exactly one reply per request message, in request order; reply.sequence is the message's index
+        in the stream (0, 1, ...). A message that cannot be predicted (a bad field, no model loaded) gets a reply
+        with `error` set and the stream goes on. Flow control: the server reads ahead a bounded number of messages
+        and predicts those that are waiting together; a client that stops reading its replies stops the server
+        reading its requests. The server caps concurrent streams (RESOURCE_EXHAUSTED beyond the cap).
         """
 
     @_abc_1.abstractmethod

@@ -335,3 +335,35 @@ class IrisColumnsPrediction(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IrisColumnsPrediction: _TypeAlias = IrisColumnsPrediction  # noqa: Y015
+
+@_typing.final
+class IrisStreamReply(_message.Message):
+    """One reply of ClassifyStream: the classification of one request message, or why it has none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    PREDICTION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The request message's index in the stream, from 0."""
+    @_builtins.property
+    def prediction(self) -> Global___IrisPrediction: ...
+    @_builtins.property
+    def error(self) -> _model_pb2.MessageError: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        prediction: Global___IrisPrediction | None = ...,
+        error: _model_pb2.MessageError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "prediction", b"prediction", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "prediction", b"prediction", "result", b"result", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["prediction", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___IrisStreamReply: _TypeAlias = IrisStreamReply  # noqa: Y015

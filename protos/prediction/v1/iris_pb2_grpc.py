@@ -56,6 +56,11 @@ class IrisClassifierStub:
                 request_serializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumns.SerializeToString,
                 response_deserializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumnsPrediction.FromString,
                 _registered_method=True)
+        self.ClassifyStream = channel.stream_stream(
+                '/prediction.v1.IrisClassifier/ClassifyStream',
+                request_serializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisFeatures.SerializeToString,
+                response_deserializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisStreamReply.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/prediction.v1.IrisClassifier/GetModelInfo',
                 request_serializer=protos_dot_prediction_dot_v1_dot_model__pb2.GetModelInfoRequest.SerializeToString,
@@ -96,6 +101,14 @@ class IrisClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyStream(self, request_iterator, context):
+        """Classifies a stream of flowers over one long-lived call. Ordering, per-message errors, flow control and
+        the cap on concurrent streams are as for HousingPredictor.PredictStream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes the model version being served.
         """
@@ -120,6 +133,11 @@ def add_IrisClassifierServicer_to_server(servicer, server):
                     servicer.ClassifyColumns,
                     request_deserializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumns.FromString,
                     response_serializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumnsPrediction.SerializeToString,
+            ),
+            'ClassifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyStream,
+                    request_deserializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisFeatures.FromString,
+                    response_serializer=protos_dot_prediction_dot_v1_dot_iris__pb2.IrisStreamReply.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -214,6 +232,33 @@ class IrisClassifier:
             '/prediction.v1.IrisClassifier/ClassifyColumns',
             protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumns.SerializeToString,
             protos_dot_prediction_dot_v1_dot_iris__pb2.IrisColumnsPrediction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/prediction.v1.IrisClassifier/ClassifyStream',
+            protos_dot_prediction_dot_v1_dot_iris__pb2.IrisFeatures.SerializeToString,
+            protos_dot_prediction_dot_v1_dot_iris__pb2.IrisStreamReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,10 @@ class IrisClassifierStub:
     i. The same validation (a bad value is named column[row], e.g. "petal_width_cm[3]"), one model version for
     the whole batch, one prediction id per row.
     """
+    ClassifyStream: _grpc.StreamStreamMultiCallable[_iris_pb2.IrisFeatures, _iris_pb2.IrisStreamReply]
+    """Classifies a stream of flowers over one long-lived call. Ordering, per-message errors, flow control and
+    the cap on concurrent streams are as for HousingPredictor.PredictStream.
+    """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetModelInfoRequest, _model_pb2.ModelInfo]
     """Describes the model version being served."""
 
@@ -75,6 +79,10 @@ class IrisClassifierAsyncStub(IrisClassifierStub):
     """Classifies a batch sent as columns: one packed array per measurement, row i made of every column's value
     i. The same validation (a bad value is named column[row], e.g. "petal_width_cm[3]"), one model version for
     the whole batch, one prediction id per row.
+    """
+    ClassifyStream: _aio.StreamStreamMultiCallable[_iris_pb2.IrisFeatures, _iris_pb2.IrisStreamReply]  # type: ignore[assignment]
+    """Classifies a stream of flowers over one long-lived call. Ordering, per-message errors, flow control and
+    the cap on concurrent streams are as for HousingPredictor.PredictStream.
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_model_pb2.GetModelInfoRequest, _model_pb2.ModelInfo]  # type: ignore[assignment]
     """Describes the model version being served."""
@@ -115,6 +123,16 @@ class IrisClassifierServicer(metaclass=_abc_1.ABCMeta):
         """Classifies a batch sent as columns: one packed array per measurement, row i made of every column's value
         i. The same validation (a bad value is named column[row], e.g. "petal_width_cm[3]"), one model version for
         the whole batch, one prediction id per row.
+        """
+
+    @_abc_1.abstractmethod
+    def ClassifyStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_iris_pb2.IrisFeatures],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_iris_pb2.IrisStreamReply], _abc.AsyncIterator[_iris_pb2.IrisStreamReply]]:
+        """Classifies a stream of flowers over one long-lived call. Ordering, per-message errors, flow control and
+        the cap on concurrent streams are as for HousingPredictor.PredictStream.
         """
 
     @_abc_1.abstractmethod

@@ -256,3 +256,63 @@ class FeatureSpec(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeatureSpec: _TypeAlias = FeatureSpec  # noqa: Y015
+
+@_typing.final
+class MessageError(_message.Message):
+    """Why one message of a stream got no prediction. The stream goes on: the next message is answered as usual."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code a unary call with this message would have ended with (3 is INVALID_ARGUMENT)."""
+    status: _builtins.str
+    """That code's name, e.g. "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"."""
+    message: _builtins.str
+    """What was wrong, as the unary call's status message would say it."""
+    @_builtins.property
+    def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+        """Each bad field of the message (for INVALID_ARGUMENT), as google.rpc.BadRequest names them for unary calls."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        status: _builtins.str = ...,
+        message: _builtins.str = ...,
+        field_violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field_violations", b"field_violations", "message", b"message", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageError: _TypeAlias = MessageError  # noqa: Y015
+
+@_typing.final
+class FieldViolation(_message.Message):
+    """One bad field: e.g. field "latitude", description "must be at least 32 and at most 42.5 ..."."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
