@@ -12,6 +12,7 @@ from server.app import PredictionServer
 
 from ..prerequisites import REPO_ROOT
 from .conftest import in_memory_registry, running_server
+from .test_tls import CertificateAuthority, tls_settings
 
 HOUSING = "prediction.v1.HousingPredictor"
 IRIS = "prediction.v1.IrisClassifier"
@@ -94,3 +95,19 @@ def test_a_bad_timeout_is_a_usage_error():
     probed = _probe("--address", "127.0.0.1:1", "--timeout", "0")
     assert probed.returncode == 2
     assert "must be more than 0 seconds" in probed.stderr
+
+
+def test_over_mtls_the_probe_passes_with_the_ca_and_its_certificate_and_fails_in_plaintext(tmp_path):
+    ca = CertificateAuthority("ca")
+    with running_server(in_memory_registry(), **tls_settings(tmp_path, ca, client_ca=ca)) as server:
+        (tmp_path / "ca.pem").write_bytes(ca.pem)
+        cert, key = ca.client("health-probe").write(tmp_path, "probe")
+        address = f"localhost:{server.port}"
+        tls = ("--tls-ca", str(tmp_path / "ca.pem"))
+        passed = _probe("--address", address, *tls, "--tls-cert", str(cert), "--tls-key", str(key))
+        plaintext = _probe("--address", address, "--timeout", "2")
+        anonymous = _probe("--address", address, *tls, "--timeout", "2")
+    assert (passed.returncode, passed.stderr) == (0, "")
+    assert plaintext.returncode == 1
+    assert anonymous.returncode == 1
+    assert len(anonymous.stderr.splitlines()) == 1
