@@ -32,6 +32,7 @@ divided by their number: it does not depend on the client or on how busy the mac
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import os
@@ -120,10 +121,12 @@ def columns_for(model: str) -> tuple[str, ...]:
 class Target:
     """What the load generator needs to call one system: a gRPC method or an HTTP path, and the body."""
 
-    kind: str  # "grpc" or "http"
+    kind: str  # "grpc", "grpc-stream" (a bidirectional stream, one reply per message) or "http"
     port: int
     route: str  # gRPC method path or HTTP path
     body: bytes
+    streams: int = 0
+    """For "grpc-stream": the messages in flight are spread over this many streams (at least one each)."""
 
 
 def ours_request(case: Case, rows: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[str, bytes]:
@@ -353,18 +356,23 @@ def start_ours(tracking_uri: str, logs: Path, access_log: bool) -> tuple[Server,
     return start("ours", [sys.executable, "-m", "server"], env, logs), port
 
 
-def start_mlflow(model: str, tracking_uri: str, logs: Path, extra_env: dict[str, str]) -> tuple[Server, int]:
+def start_mlflow(
+    model: str, tracking_uri: str, logs: Path, extra_env: dict[str, str], *, workers: int | None = 1, name: str = ""
+) -> tuple[Server, int]:
+    """``mlflow models serve`` on ``model``; ``workers`` None leaves ``--workers`` at mlflow's default."""
     port = free_port()
     command = [
         str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{model}@{ALIAS}",
-        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1",
+        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
     ]  # fmt: skip
+    if workers is not None:
+        command += ["--workers", str(workers)]
     env = {
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         **extra_env,
     }
-    return start(f"mlflow-{model}", command, env, logs), port
+    return start(name or f"mlflow-{model}", command, env, logs), port
 
 
 def download_models(tracking_uri: str, folder: Path) -> dict[str, Path]:
@@ -490,20 +498,109 @@ def check_answers(systems: Sequence[str], ports: dict[str, int]) -> dict[str, fl
 # The load generator (runs in its own process: ``--load-generator``, one JSON job per stdin line)
 
 
-async def _closed_loop(calls: Sequence[Any], requests: int) -> tuple[list[float], float]:
+class ShedError(Exception):
+    """The server refused the call as overloaded (gRPC RESOURCE_EXHAUSTED, HTTP 429): load shedding, not a fault."""
+
+
+def _shedding_counted(call: Any) -> Any:
+    async def counted() -> None:
+        try:
+            await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise ShedError from exc
+            raise
+        except RuntimeError as exc:
+            if str(exc).startswith("HTTP 429"):
+                raise ShedError from exc
+            raise
+
+    return counted
+
+
+async def _closed_loop(
+    calls: Sequence[Any], requests: int, seconds: float | None = None, timeout: float = CALL_TIMEOUT_S
+) -> tuple[list[float], float, int]:
+    """``requests`` calls shared by the callers; with ``seconds``, each caller goes on until that much time passed
+    (a call in flight then still finishes and counts, and so does its time). Latencies of the answered calls, the
+    wall time, and how many calls were shed (each caller sends its next call at once, as after an answer)."""
     latencies: list[float] = []
+    shed = 0
     clock = time.perf_counter
     share, extra = divmod(requests, len(calls))
+    deadline = clock() + (seconds or 0.0)
 
     async def caller(call: Any, count: int) -> None:
-        for _ in range(count):
+        nonlocal shed
+        sent = 0
+        while sent < count or (seconds is not None and clock() < deadline):
             before = clock()
-            await asyncio.wait_for(call(), CALL_TIMEOUT_S)
-            latencies.append(clock() - before)
+            try:
+                await asyncio.wait_for(call(), timeout)
+            except ShedError:
+                shed += 1
+            else:
+                latencies.append(clock() - before)
+            sent += 1
 
     began = clock()
     await asyncio.gather(*(caller(call, share + (index < extra)) for index, call in enumerate(calls)))
-    return latencies, clock() - began
+    return latencies, clock() - began, shed
+
+
+def _stream_reply_ok(reply: bytes) -> bool:
+    """Whether a ``*StreamReply`` holds a prediction (field 2), not an error (field 3), after its sequence."""
+    index = 0
+    if reply[:1] == b"\x08":  # field 1, the varint sequence (absent when 0)
+        index = 1
+        while reply[index] & 0x80:
+            index += 1
+        index += 1
+    return reply[index : index + 1] == b"\x12"
+
+
+class _StreamCaller:
+    """One bidirectional stream on which several callers each keep one message in flight.
+
+    Replies come in request order, so each reply ends the oldest call waiting on this stream.
+    """
+
+    def __init__(self, call: Any, body: bytes) -> None:
+        self._call, self._body = call, body
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._writing = asyncio.Lock()  # grpc.aio allows one write in progress per call
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        failure: BaseException
+        try:
+            while True:
+                reply = await self._call.read()
+                if reply is grpc.aio.EOF:
+                    failure = RuntimeError(f"the stream ended: {await self._call.code()}")
+                    break
+                waiter = self._waiting.popleft()
+                if _stream_reply_ok(reply):
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(RuntimeError(f"the stream answered an error: {reply[:300]!r}"))
+        except grpc.aio.AioRpcError as exc:
+            failure = exc
+        while self._waiting:
+            self._waiting.popleft().set_exception(failure)
+
+    async def send(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        async with self._writing:
+            self._waiting.append(waiter)
+            await self._call.write(self._body)
+        await waiter
+
+    async def close(self) -> None:
+        async with self._writing:
+            await self._call.done_writing()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await self._reader
 
 
 async def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -516,19 +613,33 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
             stack.push_async_callback(channel.close)
             method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(target.route)
             calls: list[Any] = [lambda: method(target.body)] * concurrency
+        elif target.kind == "grpc-stream":
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{target.port}")
+            stack.push_async_callback(channel.close)
+            open_stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(target.route)
+            streams = [
+                _StreamCaller(open_stream(), target.body) for _ in range(max(1, min(target.streams, concurrency)))
+            ]
+            for stream in streams:
+                stack.push_async_callback(stream.close)
+            calls = [streams[index % len(streams)].send for index in range(concurrency)]
         else:
             calls = []
             for _ in range(concurrency):
                 connection = await AsyncHttp.open(target.port, http_request(target.route, target.body))
                 stack.callback(connection.close)
                 calls.append(connection.call)
-        await _closed_loop(calls, warmup)
+        calls = [_shedding_counted(call) for call in calls]
+        timeout = job.get("call_timeout") or CALL_TIMEOUT_S
+        await _closed_loop(calls, warmup, timeout=timeout)
         print("ready", flush=True)  # the parent samples the server's CPU now
         sys.stdin.readline()
         cpu_before = time.process_time()
-        latencies, wall = await _closed_loop(calls, requests)
+        latencies, wall, shed = await _closed_loop(calls, requests, job.get("seconds"), timeout)
         client_cpu = time.process_time() - cpu_before
-    return {"latencies": latencies, "wall": wall, "client_cpu": client_cpu}
+    if not latencies:
+        raise RuntimeError(f"every one of {shed} calls was shed (RESOURCE_EXHAUSTED)")
+    return {"latencies": latencies, "wall": wall, "client_cpu": client_cpu, "shed": shed}
 
 
 def load_generator_main() -> None:
@@ -570,12 +681,25 @@ class LoadGenerator:
             raise RuntimeError("the load generator died")
         return line
 
-    def run(self, target: Target, server: Server, concurrency: int, requests: int, warmup: int) -> "Measurement":
+    def run(
+        self,
+        target: Target,
+        server: Server,
+        concurrency: int,
+        requests: int,
+        warmup: int,
+        *,
+        seconds: float | None = None,
+        call_timeout: float | None = None,
+    ) -> "Measurement":
+        """``requests`` calls (with ``seconds``: at least, and for that long) after ``warmup`` unmeasured ones."""
         job = {
             "target": {**asdict(target), "body": base64.b64encode(target.body).decode()},
             "concurrency": concurrency,
             "requests": requests,
             "warmup": warmup,
+            "seconds": seconds,
+            "call_timeout": call_timeout,
         }
         self._send(json.dumps(job))
         answer = self._receive().strip()
@@ -587,7 +711,9 @@ class LoadGenerator:
         if "error" in result:
             raise RuntimeError(f"{server.name}: {result['error']}")
         server_cpu = server.cpu_seconds() - cpu_before
-        return Measurement.of(result["latencies"], result["wall"], server_cpu, result["client_cpu"])
+        return Measurement.of(
+            result["latencies"], result["wall"], server_cpu, result["client_cpu"], shed=result.get("shed", 0)
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -607,9 +733,12 @@ class Measurement:
     rps: float
     server_cpu_us: float  # server CPU per request
     client_cpu_us: float  # load generator CPU per request
+    shed_fraction: float = 0.0  # calls refused as overloaded, of all sent; the other figures are of answered calls
 
     @classmethod
-    def of(cls, latencies: list[float], wall: float, server_cpu: float, client_cpu: float) -> "Measurement":
+    def of(
+        cls, latencies: list[float], wall: float, server_cpu: float, client_cpu: float, *, shed: int = 0
+    ) -> "Measurement":
         ordered = sorted(latencies)
         count = len(ordered)
         return cls(
@@ -618,6 +747,7 @@ class Measurement:
             rps=count / wall,
             server_cpu_us=server_cpu / count * 1e6,
             client_cpu_us=client_cpu / count * 1e6,
+            shed_fraction=shed / (count + shed),
         )
 
     @classmethod
