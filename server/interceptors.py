@@ -103,6 +103,30 @@ NEVER_SHED = ("/grpc.health.v1.", "/grpc.reflection.")
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
+def _refusing_malformed_request(behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if type(request) is MalformedMessage:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.error))
+        yield from behavior(request, context)
+
+    return call
+
+
+def _refusing_malformed_requests(
+    behavior: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]],
+) -> Callable[..., Iterator[Any]]:
+    def call(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        def parsed() -> Iterator[Any]:
+            for request in requests:
+                if type(request) is MalformedMessage:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.error))
+                yield request
+
+        return behavior(parsed(), context)
+
+    return call
+
+
 def _split(method: str) -> tuple[str, str]:
     """``/package.Service/Method`` as (``package.Service``, ``Method``), the labels py-grpc-prometheus uses."""
     _, service, name = method.split("/", 2)
@@ -147,10 +171,24 @@ class ServerCallInterceptor(grpc.ServerInterceptor):
                 request_deserializer=self._tolerant(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
+        deserializer = self._tolerant(handler.request_deserializer, method)
         if handler.stream_stream is not None and method in self._stream_methods:
             return grpc.stream_stream_rpc_method_handler(
                 self._stream(handler.stream_stream, method),
-                request_deserializer=self._tolerant(handler.request_deserializer, method),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # Health's Watch and reflection: no per-message replies to give, so an unparsable message ends the call.
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _refusing_malformed_request(handler.unary_stream),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _refusing_malformed_requests(handler.stream_stream),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -192,3 +192,23 @@ def test_an_unparsable_message_in_a_stream_gets_its_own_error_reply_and_the_stre
     assert [reply.WhichOneof("result") for reply in replies] == ["prediction", "error", "prediction"]
     assert replies[1].error.status == "INVALID_ARGUMENT"
     assert replies[0].prediction.median_house_value == replies[2].prediction.median_house_value
+
+
+@pytest.mark.parametrize(
+    "method", ["/grpc.health.v1.Health/Watch", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"]
+)
+def test_unparsable_bytes_on_the_health_watch_and_reflection_streams_get_invalid_argument(
+    channel, server, method, caplog
+):
+    service, name = method.strip("/").split("/")
+    before = _sample(server, "grpc_server_malformed_requests_total", grpc_service=service, grpc_method=name)
+    with caplog.at_level(logging.WARNING):
+        if name == "Watch":
+            call = channel.unary_stream(method)(MALFORMED, timeout=10)
+        else:
+            call = channel.stream_stream(method)(iter([MALFORMED]), timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _sample(server, "grpc_server_malformed_requests_total", grpc_service=service, grpc_method=name) == before + 1
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
