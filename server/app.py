@@ -207,10 +207,9 @@ def build_server(
             *(
                 []
                 if settings.max_connection_age_seconds is None
-                else [
-                    ("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000)),
-                    ("grpc.max_connection_age_grace_ms", round(settings.grace_seconds * 1000)),
-                ]
+                # No max_connection_age_grace_ms: the GOAWAY alone sends new calls to a new connection, and an
+                # open prediction stream may live on as long as its client keeps it.
+                else [("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000))]
             ),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

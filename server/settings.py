@@ -68,8 +68,8 @@ class ServerSettings(BaseSettings):
         300.0,
         gt=0,
         description="Clients are asked to reconnect (GOAWAY) after a connection has lived this long, so that a "
-        "client on dns:/// with round_robin re-resolves and spreads calls over replicas added since; in-flight "
-        "calls finish first (grace_seconds). Unset: connections live for ever.",
+        "client on dns:/// with round_robin re-resolves and spreads calls over replicas added since; calls and "
+        "streams open on the old connection are not cut. Unset: connections live for ever.",
     )
     grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM/SIGINT, time in-flight RPCs get to finish.")
     parallel_batch_rows: int | None = Field(

@@ -81,7 +81,9 @@ class ReadAhead(Generic[Request]):
             if group:
                 yield group
             if ended:
-                if self._failure is not None:
+                # gRPC's request iterator raises RpcError when the call ended under it (the client cancelled, or
+                # its connection went away): there is nobody left to answer, so the stream just ends.
+                if self._failure is not None and not isinstance(self._failure, grpc.RpcError):
                     raise self._failure
                 return
 

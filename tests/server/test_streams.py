@@ -3,6 +3,7 @@ messages that do not parse, on unary calls and on streams."""
 
 import logging
 import queue
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -212,3 +213,27 @@ def test_unparsable_bytes_on_the_health_watch_and_reflection_streams_get_invalid
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _sample(server, "grpc_server_malformed_requests_total", grpc_service=service, grpc_method=name) == before + 1
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_a_client_that_cancels_its_stream_ends_it_quietly_and_frees_its_slot(channel, server, caplog):
+    stub = housing_pb2_grpc.HousingPredictorStub(channel)
+    with caplog.at_level(logging.INFO):
+        stream = OpenStream(stub)
+        assert stream.ask(_row(3.0)).WhichOneof("result") == "prediction"
+        stream.replies.cancel()
+        wait_until(lambda: _sample(server, "grpc_server_streams_active", **HOUSING_STREAM) == 0, "the stream closed")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_connections_older_than_the_maximum_age_are_recycled_without_cutting_an_open_stream():
+    with (
+        running_server(in_memory_registry(), max_connection_age_seconds=1.0) as server,
+        channel_to(server) as channel,
+    ):
+        stub = housing_pb2_grpc.HousingPredictorStub(channel)
+        stream = OpenStream(stub)
+        first = stream.ask(_row(3.0))
+        time.sleep(2.5)  # past the connection's maximum age: the server has sent its GOAWAY
+        assert stub.Predict(_row(3.0), timeout=10).median_house_value == first.prediction.median_house_value
+        assert stream.ask(_row(3.0)).prediction.median_house_value == first.prediction.median_house_value
+        stream.close()
