@@ -317,7 +317,8 @@ def grpc_serving(port: int) -> bool:
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def train_registry(workdir: Path, logs: Path) -> str:
+def train_registry(workdir: Path, logs: Path, module: str = "training") -> str:
+    """A fresh SQLite registry in ``workdir``, filled by ``python -m <module>`` (the training flow by default)."""
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     env = {
         **os.environ,
@@ -327,10 +328,10 @@ def train_registry(workdir: Path, logs: Path) -> str:
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     env.setdefault("SCIKIT_LEARN_DATA", str(ROOT.parent / "shared" / "data" / "scikit_learn_data"))
-    log = logs / "training.log"
+    log = logs / f"{module.rsplit('.', 1)[-1]}.log"
     with log.open("wb") as output:
         result = subprocess.run(
-            [sys.executable, "-m", "training"],
+            [sys.executable, "-m", module],
             check=False,
             cwd=ROOT,
             env=env,
@@ -339,7 +340,7 @@ def train_registry(workdir: Path, logs: Path) -> str:
             timeout=600,
         )
     if result.returncode != 0:
-        raise RuntimeError(f"training failed:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(f"python -m {module} failed:\n{log.read_text()[-3000:]}")
     return uri
 
 

@@ -922,31 +922,7 @@ def run_set(name: str, options: "Options", log: Callable[[str], None]) -> dict[s
 
 
 def register_models(name: str, workdir: Path, logs: Path) -> str:
-    if name == "project":
-        return train_registry(workdir, logs)
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "TRAINING_ARTIFACT_ROOT": str(workdir / "artifacts"),
-        "TRAINING_DATA_DIR": str(workdir / "data"),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    env.setdefault("SCIKIT_LEARN_DATA", str(ROOT.parent / "shared" / "data" / "scikit_learn_data"))
-    log = logs / "plain-models.log"
-    with log.open("wb") as output:
-        result = subprocess.run(
-            [sys.executable, "-m", "benchmarks.plain_models"],
-            check=False,
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            timeout=600,
-        )
-    if result.returncode != 0:
-        raise RuntimeError(f"registering the plain models failed:\n{log.read_text()[-3000:]}")
-    return uri
+    return train_registry(workdir, logs, "training" if name == "project" else "benchmarks.plain_models")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ class ModelEndpoint:
             bound = self._bound.setdefault((ref, variant), self._metrics.bind(ref, variant))
         return bound
 
-    def _run(self, batch: FeatureBatch, context: RequestContext) -> Answer:
+    def _run(self, batch: FeatureBatch, context: RequestContext, *, validated: bool = False) -> Answer:
         deployment = self._store.get(self.slot)
         model, variant = self._router.choose(deployment, context)
         ref = model.description.ref
@@ -113,7 +113,8 @@ class ModelEndpoint:
         start = time.perf_counter()
         try:
             self._check_size(batch)
-            self.features.validate(batch)
+            if not validated:
+                self.features.validate(batch)
         except InvalidInputError:
             bound.invalid_input.inc(rows)
             raise
@@ -154,7 +155,7 @@ class ModelEndpoint:
         elif valid:
             combined = FeatureBatch(np.concatenate([batches[index].values for index in valid]), is_batch=True)
             try:
-                answer = self._run(combined, context)
+                answer = self._run(combined, context, validated=True)
             except (ModelUnavailableError, DeadlineExpiredError) as exc:
                 for index in valid:
                     results[index] = exc

@@ -93,12 +93,16 @@ def rich_status(code: grpc.StatusCode, message: str, error: BaseException | None
     return converted
 
 
-def abort_for(error: Exception, context: grpc.ServicerContext, method: str, request: str) -> None:
-    """Abort the RPC with the status ``error`` maps to (raises, like ``context.abort``)."""
+def public_status(error: BaseException, method: str, request: str) -> tuple[grpc.StatusCode, str]:
+    """The code and message a caller sees for ``error``; an unexpected one is logged here and named only INTERNAL."""
     code = status_for(error)
     if code == grpc.StatusCode.INTERNAL:
         logger.error("%s failed (request %s)", method, request, exc_info=error)
-        message = INTERNAL_MESSAGE
-    else:
-        message = str(error)
+        return code, INTERNAL_MESSAGE
+    return code, str(error)
+
+
+def abort_for(error: Exception, context: grpc.ServicerContext, method: str, request: str) -> None:
+    """Abort the RPC with the status ``error`` maps to (raises, like ``context.abort``)."""
+    code, message = public_status(error, method, request)
     context.abort_with_status(rich_status(code, message, error))

@@ -61,6 +61,7 @@ class HousingPredictorServicer(housing_pb2_grpc.HousingPredictorServicer):
                 sequence=sequence, prediction=converters.housing_prediction_to_proto(result)
             ),
             error_reply=lambda sequence, error: housing_pb2.HousingStreamReply(sequence=sequence, error=error),
+            method="/prediction.v1.HousingPredictor/PredictStream",
             max_group=stream_group,
             read_ahead=read_ahead,
         )
@@ -108,6 +109,7 @@ class IrisClassifierServicer(iris_pb2_grpc.IrisClassifierServicer):
                 sequence=sequence, prediction=converters.iris_prediction_to_proto(result)
             ),
             error_reply=lambda sequence, error: iris_pb2.IrisStreamReply(sequence=sequence, error=error),
+            method="/prediction.v1.IrisClassifier/ClassifyStream",
             max_group=stream_group,
             read_ahead=read_ahead,
         )

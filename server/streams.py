@@ -11,7 +11,6 @@ ended with, mapped by ``server.grpc_errors``) and the stream goes on. Errors of 
 concurrent streams, a client that cancels) end it; ``server.interceptors`` maps and counts them.
 """
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -22,10 +21,8 @@ import grpc
 from protos.prediction.v1 import model_pb2
 from server.domain import FeatureBatch, RequestContext
 from server.errors import InvalidInputError
-from server.grpc_errors import INTERNAL_MESSAGE, status_for
+from server.grpc_errors import public_status
 from server.interceptors import MalformedMessage
-
-logger = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
@@ -93,14 +90,9 @@ class ReadAhead(Generic[Request]):
             self._changed.notify_all()
 
 
-def message_error(error: BaseException) -> model_pb2.MessageError:
+def message_error(error: BaseException, method: str, request_id: str) -> model_pb2.MessageError:
     """The per-message form of the status ``error`` would have ended a unary call with."""
-    code = status_for(error)
-    if code == grpc.StatusCode.INTERNAL:
-        logger.error("a stream message failed", exc_info=error)
-        message = INTERNAL_MESSAGE
-    else:
-        message = str(error)
+    code, message = public_status(error, method, request_id)
     violations = error.violations if isinstance(error, InvalidInputError) else ()
     return model_pb2.MessageError(
         code=code.value[0],
@@ -120,9 +112,11 @@ class StreamAnswerer(Generic[Request, Result]):
         answer_each: Callable[[Sequence[FeatureBatch], RequestContext], list[Result | Exception]],
         reply: Callable[[int, Result], Any],
         error_reply: Callable[[int, model_pb2.MessageError], Any],
+        method: str,
         max_group: int,
         read_ahead: int,
     ) -> None:
+        self._method = method
         self._to_batch = to_batch
         self._answer_each = answer_each
         self._reply = reply
@@ -147,7 +141,7 @@ class StreamAnswerer(Generic[Request, Result]):
                     bad = malformed.get(position)
                     result = bad.error if bad is not None else next(answers)
                     if isinstance(result, BaseException):
-                        yield self._error_reply(sequence, message_error(result))
+                        yield self._error_reply(sequence, message_error(result, self._method, context.request_id))
                     else:
                         yield self._reply(sequence, result)
                     sequence += 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
@@ -29,6 +30,12 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) 
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.02)
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """One sample of the server's metrics registry, 0 while the series does not exist yet."""
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 def server_settings(**overrides: object) -> ServerSettings:

@@ -14,7 +14,7 @@ from data.schema import HOUSING_FEATURES
 from model_registry.memory import InMemoryRegistry
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
 from server.services import HOUSING
-from tests.server.conftest import channel_to, in_memory_registry, running_server, wait_until
+from tests.server.conftest import channel_to, in_memory_registry, running_server, sample, wait_until
 from tests.server.estimators import GatedRegressor
 
 ROW = housing_pb2.HousingFeatures(**dict(zip(HOUSING_FEATURES, HOUSING.features.example_row[0].tolist(), strict=True)))
@@ -45,7 +45,7 @@ def _trailer(error: grpc.RpcError, key: str) -> str | None:
 
 
 def _shed(server) -> float:
-    return server.metrics_registry.get_sample_value("grpc_server_shed_total", PREDICT) or 0.0
+    return sample(server.metrics_registry, "grpc_server_shed_total", **PREDICT)
 
 
 def test_calls_that_waited_past_max_queue_are_shed_with_a_pushback_and_health_still_answers():

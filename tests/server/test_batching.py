@@ -23,7 +23,7 @@ from server.execution import ModelRunner
 from server.preparation import ModelPreparer
 from server.runtime import PredictRuntime
 from server.services import HOUSING, IRIS
-from tests.server.conftest import channel_to, running_server, small_housing_model, wait_until
+from tests.server.conftest import channel_to, running_server, sample, small_housing_model, wait_until
 from tests.server.estimators import GatedRegressor
 
 
@@ -78,11 +78,6 @@ def _queue_behind_a_busy_call(
     return busy, queued
 
 
-def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    value = registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
 def test_requests_queued_behind_a_busy_call_are_predicted_in_one_call_each_getting_its_own_rows():
     model = RecordingModel()
     coalescer, registry = _coalescer(model)
@@ -94,9 +89,9 @@ def test_requests_queued_behind_a_busy_call_are_predicted_in_one_call_each_getti
     for (values, _), answer in zip(requests, queued, strict=True):
         assert answer.result().tolist() == (values[:, 0] * 10.0).tolist()
     assert [len(call) for call in model.calls] == [1, 15]
-    assert _sample(registry, "model_microbatch_rows_count", model="m") == 2
-    assert _sample(registry, "model_microbatch_rows_bucket", model="m", le="10.0") == 1  # the first call
-    assert _sample(registry, "model_microbatch_queue_wait_seconds_count", model="m") == 6
+    assert sample(registry, "model_microbatch_rows_count", model="m") == 2
+    assert sample(registry, "model_microbatch_rows_bucket", model="m", le="10.0") == 1  # the first call
+    assert sample(registry, "model_microbatch_queue_wait_seconds_count", model="m") == 6
 
 
 def test_an_idle_coalescer_predicts_at_once_and_alone():
@@ -131,7 +126,7 @@ def test_a_request_whose_deadline_passed_while_it_queued_is_refused_and_not_comp
         late.result()
     assert on_time.result().tolist() == [80.0]
     assert all(7.0 not in call[:, 0] for call in model.calls)
-    assert _sample(registry, "model_requests_expired_total", model="m") == 1
+    assert sample(registry, "model_requests_expired_total", model="m") == 1
 
 
 def test_a_request_the_model_fails_on_fails_alone_and_the_permit_moves_on():
@@ -218,9 +213,9 @@ def test_a_real_server_coalesces_queued_single_rows_skips_an_expired_one_and_ans
             assert model.entered.acquire(timeout=10)
             rest = [pool.submit(stub.Predict, _housing_row(2.0 + n), timeout=30) for n in range(6)]
             pending = "model_microbatch_pending_requests"
-            wait_until(lambda: _sample(metrics, pending, **HOUSING_MODEL) == 6, "six requests queued behind one")
+            wait_until(lambda: sample(metrics, pending, **HOUSING_MODEL) == 6, "six requests queued behind one")
             late = pool.submit(stub.Predict, _housing_row(14.0), timeout=0.5)
-            wait_until(lambda: _sample(metrics, pending, **HOUSING_MODEL) == 7, "a seventh queued")
+            wait_until(lambda: sample(metrics, pending, **HOUSING_MODEL) == 7, "a seventh queued")
             with pytest.raises(grpc.RpcError) as refused:
                 late.result()
             model.gated = False
@@ -229,10 +224,10 @@ def test_a_real_server_coalesces_queued_single_rows_skips_an_expired_one_and_ans
         assert [answer.median_house_value for answer in answers] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
         assert len({answer.prediction_id for answer in answers}) == 7
         # One call for the first request, one for the six queued behind it; the expired one was never computed.
-        assert _sample(metrics, "model_microbatch_rows_count", **HOUSING_MODEL) == 2
-        assert _sample(metrics, "model_microbatch_rows_bucket", le="5.0", **HOUSING_MODEL) == 1
-        assert _sample(metrics, "model_requests_expired_total", **HOUSING_MODEL) == 1
-        assert _sample(metrics, pending, **HOUSING_MODEL) == 0
+        assert sample(metrics, "model_microbatch_rows_count", **HOUSING_MODEL) == 2
+        assert sample(metrics, "model_microbatch_rows_bucket", le="5.0", **HOUSING_MODEL) == 1
+        assert sample(metrics, "model_requests_expired_total", **HOUSING_MODEL) == 1
+        assert sample(metrics, pending, **HOUSING_MODEL) == 0
     assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -252,5 +247,5 @@ def test_a_real_server_answers_concurrent_single_rows_exactly_with_coalescing_on
         rows[:, 0] = 1.0 + np.arange(40.0)
         expected = small_housing_model().predict(rows)
         assert answers == expected.tolist()
-        calls = _sample(server.metrics_registry, "model_microbatch_rows_count", **HOUSING_MODEL)
+        calls = sample(server.metrics_registry, "model_microbatch_rows_count", **HOUSING_MODEL)
         assert calls == 0 if mode == "off" else 0 < calls <= 40

@@ -15,7 +15,7 @@ from data.schema import HOUSING_FEATURES, IRIS_FEATURES
 from model_registry.memory import InMemoryRegistry
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 from server.services import HOUSING
-from tests.server.conftest import channel_to, in_memory_registry, running_server, wait_until
+from tests.server.conftest import channel_to, in_memory_registry, running_server, sample, wait_until
 
 PREDICT_STREAM = "/prediction.v1.HousingPredictor/PredictStream"
 HOUSING_STREAM = {"grpc_service": "prediction.v1.HousingPredictor", "grpc_method": "PredictStream"}
@@ -24,11 +24,6 @@ HOUSING_STREAM = {"grpc_service": "prediction.v1.HousingPredictor", "grpc_method
 def _row(median_income: float, **overrides: float) -> housing_pb2.HousingFeatures:
     row = dict(zip(HOUSING_FEATURES, HOUSING.features.example_row[0].tolist(), strict=True))
     return housing_pb2.HousingFeatures(**(row | {"median_income": median_income} | overrides))
-
-
-def _sample(server, name: str, **labels: str) -> float:
-    value = server.metrics_registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +45,7 @@ def test_a_stream_answers_every_message_in_order_with_the_unary_answers_and_bad_
     messages = [_row(1.0 + n / 10) for n in range(60)]
     messages[3] = _row(2.0, latitude=99.0)
     messages[41] = housing_pb2.HousingFeatures(median_income=3.0)  # every other field unset
-    before = _sample(server, "grpc_server_stream_messages_total", grpc_code="OK", **HOUSING_STREAM)
+    before = sample(server.metrics_registry, "grpc_server_stream_messages_total", grpc_code="OK", **HOUSING_STREAM)
 
     replies = list(stub.PredictStream(iter(messages), timeout=30))
 
@@ -69,9 +64,14 @@ def test_a_stream_answers_every_message_in_order_with_the_unary_answers_and_bad_
         assert reply.prediction.median_house_value == unary.median_house_value
         assert reply.prediction.model.version == unary.model.version
     assert len({reply.prediction.prediction_id for reply in replies if reply.sequence not in bad}) == 58
-    ok = _sample(server, "grpc_server_stream_messages_total", grpc_code="OK", **HOUSING_STREAM)
+    ok = sample(server.metrics_registry, "grpc_server_stream_messages_total", grpc_code="OK", **HOUSING_STREAM)
     assert ok - before == 58
-    assert _sample(server, "grpc_server_stream_messages_total", grpc_code="INVALID_ARGUMENT", **HOUSING_STREAM) >= 2
+    assert (
+        sample(
+            server.metrics_registry, "grpc_server_stream_messages_total", grpc_code="INVALID_ARGUMENT", **HOUSING_STREAM
+        )
+        >= 2
+    )
 
 
 def _tree_registry() -> InMemoryRegistry:
@@ -89,7 +89,9 @@ def test_a_stream_predicts_its_waiting_messages_together_for_a_tree_model_with_t
     with running_server(_tree_registry()) as server, channel_to(server) as channel:
         stub = housing_pb2_grpc.HousingPredictorStub(channel)
         replies = list(stub.PredictStream(iter(messages), timeout=30))
-        calls = _sample(server, "model_batch_size_count", model="CaliforniaHousingBestModel", variant="champion")
+        calls = sample(
+            server.metrics_registry, "model_batch_size_count", model="CaliforniaHousingBestModel", variant="champion"
+        )
         unary = [stub.Predict(message, timeout=10).median_house_value for message in messages]
     assert [reply.sequence for reply in replies] == list(range(200))
     assert [reply.prediction.median_house_value for reply in replies] == unary
@@ -132,19 +134,22 @@ def test_streams_beyond_the_cap_are_refused_with_resource_exhausted_and_counted(
     held = [OpenStream(stub), OpenStream(stub)]
     for stream in held:
         assert stream.ask(_row(3.0)).WhichOneof("result") == "prediction"
-    assert _sample(server, "grpc_server_streams_active", **HOUSING_STREAM) == 2
-    rejected = _sample(server, "grpc_server_streams_rejected_total", **HOUSING_STREAM)
+    assert sample(server.metrics_registry, "grpc_server_streams_active", **HOUSING_STREAM) == 2
+    rejected = sample(server.metrics_registry, "grpc_server_streams_rejected_total", **HOUSING_STREAM)
 
     with pytest.raises(grpc.RpcError) as refused:
         list(stub.PredictStream(iter([_row(3.0)]), timeout=10))
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "2 concurrent streams" in str(refused.value.details())
-    assert _sample(server, "grpc_server_streams_rejected_total", **HOUSING_STREAM) == rejected + 1
+    assert sample(server.metrics_registry, "grpc_server_streams_rejected_total", **HOUSING_STREAM) == rejected + 1
     # Unary calls still have threads: the cap is below the worker count.
     assert stub.Predict(_row(3.0), timeout=10).median_house_value > 0
 
     held[0].close()
-    wait_until(lambda: _sample(server, "grpc_server_streams_active", **HOUSING_STREAM) == 1, "the stream closed")
+    wait_until(
+        lambda: sample(server.metrics_registry, "grpc_server_streams_active", **HOUSING_STREAM) == 1,
+        "the stream closed",
+    )
     again = OpenStream(stub)
     assert again.ask(_row(4.0)).WhichOneof("result") == "prediction"
     again.close()
@@ -171,14 +176,14 @@ def test_unparsable_request_bytes_get_invalid_argument_are_counted_and_logged_at
 ):
     predict = channel.unary_unary("/prediction.v1.HousingPredictor/Predict")
     labels = {"grpc_service": "prediction.v1.HousingPredictor", "grpc_method": "Predict"}
-    before = _sample(server, "grpc_server_malformed_requests_total", **labels)
+    before = sample(server.metrics_registry, "grpc_server_malformed_requests_total", **labels)
     with caplog.at_level(logging.WARNING):
         for _ in range(40):
             with pytest.raises(grpc.RpcError) as refused:
                 predict(MALFORMED, timeout=10)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "could not be parsed" in str(refused.value.details())
-    assert _sample(server, "grpc_server_malformed_requests_total", **labels) == before + 40
+    assert sample(server.metrics_registry, "grpc_server_malformed_requests_total", **labels) == before + 40
     lines = [record for record in caplog.records if "could not be parsed" in record.getMessage()]
     assert len(lines) <= 1
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
@@ -202,7 +207,9 @@ def test_unparsable_bytes_on_the_health_watch_and_reflection_streams_get_invalid
     channel, server, method, caplog
 ):
     service, name = method.strip("/").split("/")
-    before = _sample(server, "grpc_server_malformed_requests_total", grpc_service=service, grpc_method=name)
+    before = sample(
+        server.metrics_registry, "grpc_server_malformed_requests_total", grpc_service=service, grpc_method=name
+    )
     with caplog.at_level(logging.WARNING):
         if name == "Watch":
             call = channel.unary_stream(method)(MALFORMED, timeout=10)
@@ -211,7 +218,10 @@ def test_unparsable_bytes_on_the_health_watch_and_reflection_streams_get_invalid
         with pytest.raises(grpc.RpcError) as refused:
             list(call)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _sample(server, "grpc_server_malformed_requests_total", grpc_service=service, grpc_method=name) == before + 1
+    assert (
+        sample(server.metrics_registry, "grpc_server_malformed_requests_total", grpc_service=service, grpc_method=name)
+        == before + 1
+    )
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
@@ -221,7 +231,10 @@ def test_a_client_that_cancels_its_stream_ends_it_quietly_and_frees_its_slot(cha
         stream = OpenStream(stub)
         assert stream.ask(_row(3.0)).WhichOneof("result") == "prediction"
         stream.replies.cancel()
-        wait_until(lambda: _sample(server, "grpc_server_streams_active", **HOUSING_STREAM) == 0, "the stream closed")
+        wait_until(
+            lambda: sample(server.metrics_registry, "grpc_server_streams_active", **HOUSING_STREAM) == 0,
+            "the stream closed",
+        )
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
