@@ -9,11 +9,17 @@ A version that fails is refused once: counted with its reason, logged once, kept
 (``GetModelInfo`` shows it), and not tried again until the alias moves, while the old version keeps serving.
 A registry that cannot be reached changes nothing for callers: the gauge ``model_registry_up`` goes to 0 and one
 line is logged per outage, not per poll.
+
+While the watcher is degraded (the registry unreachable, or a service with nothing to serve, as at a start-up
+before the registry is up) it does not wait a whole poll interval: it retries after ``RETRY_FIRST_SECONDS``,
+doubling each failed round up to the poll interval, with a little jitter so that replicas restarted together do
+not knock on the registry in step. A healthy watcher polls at the interval.
 """
 
 import dataclasses
 import json
 import logging
+import random
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +45,10 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 # The registered-model tag holding a model's traffic split, as JSON: {"challenger_percent": 10, "shadow": true}.
 SPLIT_TAG = "traffic_split"
+RETRY_FIRST_SECONDS = 0.5
+# With no poll interval (0: follow only when nudged) a degraded watcher still retries, at most this far apart.
+RETRY_CAP_SECONDS = 30.0
+RETRY_JITTER = 0.1
 
 
 class _Unreachable:
@@ -272,9 +282,22 @@ class ModelWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def degraded(self) -> bool:
+        """The registry was unreachable at the last ask, or a service has nothing to serve."""
+        return self._registry_up is False or any(self._store.peek(slot) is None for slot in self._watched)
+
     def _follow(self, poll_seconds: float) -> None:
+        cap = poll_seconds if poll_seconds > 0 else RETRY_CAP_SECONDS
+        retry = RETRY_FIRST_SECONDS
         while True:
-            self._wake.wait(poll_seconds if poll_seconds > 0 else None)
+            if self.degraded:
+                wait: float | None = min(retry, cap) * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)  # noqa: S311
+                retry = min(retry * 2, cap)
+            else:
+                wait = poll_seconds if poll_seconds > 0 else None
+                retry = RETRY_FIRST_SECONDS
+            self._wake.wait(wait)
             self._wake.clear()
             if self._stopping.is_set():
                 return

@@ -83,7 +83,9 @@ class ServerSettings(BaseSettings):
         10.0,
         ge=0,
         description="How often the server re-reads every alias it serves and hot-reloads a version that moved "
-        "(a service whose model failed to load retries then too); 0 only at start-up and after its own admin calls.",
+        "(a service whose model failed to load retries then too); 0 only at start-up and after its own admin calls. "
+        "While the registry is unreachable or a service has nothing to serve it retries sooner: after 0.5 s, "
+        "doubling up to this interval (30 s when it is 0).",
     )
     registry_timeout_seconds: float = Field(
         5.0, gt=0, description="Timeout of one request to an MLflow tracking server (http:// registries)."

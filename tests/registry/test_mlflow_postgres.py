@@ -1,6 +1,7 @@
 """The production registry for real: a PostgreSQL server, an ``mlflow server`` on it serving artifacts,
 ``python -m training`` registering through it (as the compose stack's train job does), and a gRPC server
-loading from it and answering predictions.
+loading from it and answering predictions; and the same server outliving the registry: started while the
+registry is unreachable, and losing it later.
 
 PostgreSQL refuses to run as root: under root (as CI runs) its processes run as ``nobody`` (setpriv), on a
 temporary directory owned by that user; nothing on the system is created or changed.
@@ -8,6 +9,8 @@ temporary directory owned by that user; nothing on the system is created or chan
 
 import contextlib
 import http.client
+import itertools
+import math
 import os
 import pwd
 import re
@@ -18,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import psycopg2  # type: ignore[import-untyped]
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,9 +33,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 
 from ..deploy.compose import raw_compose
+from ..faults import TcpGate
 from ..prerequisites import POSTGRES, REPO_ROOT
-from ..processes import Process
+from ..processes import Process, started
 from ..server.conftest import channel_to, mlflow_server_on
+from ..server.test_metrics import _scrape, _value
 
 # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the lock has psycopg2 (psycopg2-binary).
 BACKEND_SCHEME = "postgresql+psycopg2"
@@ -239,15 +245,21 @@ def _train(tracking_uri: str, data_home: Path, data_dir: Path) -> subprocess.Com
     )
 
 
-def test_models_trained_through_mlflow_on_postgresql_are_served(
-    postgres: Postgres, tracking_server: TrackingServer, offline_data_home: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def registered(
+    tracking_server: TrackingServer, offline_data_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> TrackingServer:
+    """The tracking server once ``python -m training`` has registered both models through it."""
+    trained = _train(tracking_server.uri, offline_data_home, tmp_path_factory.mktemp("training-data"))
+    assert trained.returncode == 0, trained.stderr
+    return tracking_server
+
+
+def test_models_trained_through_mlflow_on_postgresql_are_served(postgres: Postgres, registered: TrackingServer) -> None:
+    tracking_server = registered
     # The compose containers reach it as mlflow:5000; MLflow refuses unknown Host headers (DNS rebinding).
     assert _status_with_host(tracking_server.uri, "mlflow:5000") == 200
     assert _status_with_host(tracking_server.uri, "attacker.example:5000") != 200
-
-    trained = _train(tracking_server.uri, offline_data_home, tmp_path / "data")
-    assert trained.returncode == 0, trained.stderr
 
     # The registry lives in PostgreSQL, the model files in the server's artifact store.
     connection = psycopg2.connect(host="127.0.0.1", port=postgres.port, user=postgres.user, dbname="mlflow")
@@ -280,3 +292,112 @@ def test_models_trained_through_mlflow_on_postgresql_are_served(
     assert (house.model.name, house.model.version) == ("CaliforniaHousingBestModel", "1")
     assert flower.species == iris_pb2.IRIS_SPECIES_SETOSA
     assert (flower.model.name, flower.model.version) == ("IrisBestModel", "1")
+
+
+SERVER_PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Long enough to see the retries spread out (0.5, 1, 2 s apart, then the poll interval).
+OUTAGE_SECONDS = 5.0
+POLL_SECONDS = 3.0
+HOUSE = housing_pb2.HousingFeatures(
+    median_income=8.3252,
+    house_age=41,
+    average_rooms=6.98,
+    average_bedrooms=1.02,
+    population=322,
+    average_occupancy=2.55,
+    latitude=37.88,
+    longitude=-122.23,
+)
+
+
+def _rounds(moments: list[float], apart: float = 0.25) -> list[float]:
+    """The start of each burst of connection attempts (one round of the watcher asks several times)."""
+    pairs = zip([-math.inf, *moments], moments, strict=False)
+    return [moment for previous, moment in pairs if moment - previous > apart]
+
+
+def _health(channel: grpc.Channel, service: str = "") -> int:
+    request = health_pb2.HealthCheckRequest(service=service)
+    return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def test_a_server_started_while_the_registry_is_unreachable_serves_once_it_returns_and_outlives_a_later_outage(
+    registered: TrackingServer, tmp_path: Path
+) -> None:
+    port = int(registered.uri.rsplit(":", 1)[1])
+    environment = {
+        "MLFLOW_TRACKING_URI": "",  # set below, through the gate
+        "PREDICTOR_STATE_DIR": str(tmp_path / "state"),
+        "PREDICTOR_HOST": "127.0.0.1",
+        "PREDICTOR_PORT": "0",
+        "PREDICTOR_METRICS_HOST": "127.0.0.1",
+        "PREDICTOR_METRICS_PORT": "0",
+        "PREDICTOR_MODEL_POLL_SECONDS": str(POLL_SECONDS),
+        "PREDICTOR_REGISTRY_TIMEOUT_SECONDS": "2",
+        "PREDICTOR_PREDICTION_LOG": "false",
+        "PREDICTOR_GRACE_SECONDS": "1",
+    }
+    with TcpGate(port) as gate:
+        environment["MLFLOW_TRACKING_URI"] = environment["MLFLOW_REGISTRY_URI"] = f"http://127.0.0.1:{gate.port}"
+        with started("server", environment) as server:
+            grpc_port, metrics_port = (int(found) for found in server.wait_for(SERVER_PORTS).groups())
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                # Up, answering health and honest about it, with nothing to serve.
+                server.wait_for(re.compile(r"model registry unreachable"))
+                assert _health(channel) == NOT_SERVING
+                assert _health(channel, "prediction.v1.HousingPredictor") == NOT_SERVING
+                assert _value(_scrape(metrics_port), "model_registry_up") == 0
+                with pytest.raises(grpc.RpcError) as refused:
+                    housing_pb2_grpc.HousingPredictorStub(channel).Predict(HOUSE, timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+                # It retries sooner than its poll interval, then ever further apart.
+                time.sleep(OUTAGE_SECONDS)
+                rounds = _rounds(list(gate.refused_at))
+                gaps = [later - earlier for earlier, later in itertools.pairwise(rounds)]
+                assert len(gaps) >= 2, f"retry rounds at {rounds}"
+                assert gaps[0] < POLL_SECONDS / 2, f"the first retry waited {gaps[0]:.2f} s"
+                # Doubling (with 10% jitter) until the poll interval caps it.
+                capped = POLL_SECONDS * 0.85
+                assert all(later > earlier * 1.3 or later >= capped for earlier, later in itertools.pairwise(gaps)), (
+                    gaps
+                )
+
+                opened = time.monotonic()
+                gate.open()
+                _wait(lambda: _health(channel) == SERVING, "SERVING once the registry is back", POLL_SECONDS + 15)
+                back_after = time.monotonic() - opened
+                assert housing_pb2_grpc.HousingPredictorStub(channel).Predict(HOUSE, timeout=5).model.version == "1"
+                assert _value(_scrape(metrics_port), "model_registry_up") == 1
+                server.wait_for(re.compile(r"model registry reachable again"))
+
+                # Lost later: the loaded versions keep answering, and the metric and the log say so.
+                gate.close()
+                _wait(
+                    lambda: _value(_scrape(metrics_port), "model_registry_up") == 0,
+                    "the later outage is seen",
+                    POLL_SECONDS + 10,
+                )
+                for _ in range(20):
+                    assert housing_pb2_grpc.HousingPredictorStub(channel).Predict(HOUSE, timeout=5).model.version == "1"
+                assert _health(channel) == SERVING
+                gate.open()
+                _wait(
+                    lambda: _value(_scrape(metrics_port), "model_registry_up") == 1,
+                    "the registry is seen again",
+                    POLL_SECONDS + 10,
+                )
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=20) == 0
+    unreachable_lines = [line for line in server.lines if "model registry unreachable" in line]
+    assert len(unreachable_lines) == 2, unreachable_lines  # one per outage, not one per retry
+    assert back_after < POLL_SECONDS + 15
