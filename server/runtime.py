@@ -2,11 +2,16 @@
 
 scikit-learn's histogram gradient boosting predicts with OpenMP threads even for one row, and the idle
 threads spin: a single-row call then burns two to three times the CPU it needs, which concurrent
-requests pay for. So every RPC worker thread is limited to one OpenMP thread, and only batches of at least
-``parallel_batch_rows`` rows (when set) lift the limit for the duration of their call. OpenMP's thread count
-is per calling thread, so the lift does not leak into other requests. Whether a lift pays depends on the cores
-and the model: it opens one parallel region per tree, and on 2 cores a 600-tree model's 1,000-row batch took
-twice as long with it, which is why the server leaves it off unless configured.
+requests pay for. So every RPC worker thread is limited to one OpenMP thread. A batch of at least
+``parallel_batch_rows`` rows (when set) lifts the limit for the duration of its call, and only when it is the
+only scikit-learn call running; OpenMP's thread count is per calling thread, so the lift does not leak into
+other requests. Whether a lift pays depends on the cores, the model and what else runs: gradient boosting opens
+one parallel region per tree. On 2 cores a 600-tree model's 1,000-row batch took 29 ms on both cores against
+44 ms on one in a bare process, but 112 against 62 ms through the server, whose own threads (the prediction
+log's writer, gRPC's) then share the cores with the team, and 104 ms in a bare process with
+``OMP_WAIT_POLICY=PASSIVE``, where each region wakes its team; which is why the server leaves it off unless
+configured. A batch that shares the cores with another call stays on one thread in any case: its team would
+wait for that call at every tree's barrier.
 
 Model calls also queue for a few slots, one per core by default. scikit-learn releases and retakes the
 GIL for every tree it predicts, so with more concurrent calls than cores the threads spend their time
@@ -27,16 +32,20 @@ T = TypeVar("T")
 
 class PredictRuntime:
     def __init__(self, parallel_batch_rows: int | None, max_concurrent_calls: int = 0) -> None:
-        """``parallel_batch_rows``: batches of at least this many rows use every core (None: never)."""
+        """``parallel_batch_rows``: batches of at least this many rows use every core when no other call runs
+        (None: never)."""
         # A controller sees only the libraries loaded when it is made, and scikit-learn's OpenMP runtime
         # loads with scikit-learn: import it first, or the limits would silently miss OpenMP.
         import sklearn  # noqa: F401, PLC0415
 
         self._parallel_batch_rows = parallel_batch_rows
         self._controller = ThreadpoolController()
-        self._all_cores = os.cpu_count() or 1
+        # The cores this process may run on (a container's CPU set), not every core of the host.
+        self._all_cores = len(os.sched_getaffinity(0)) or 1
         self.call_slots = max_concurrent_calls or self._all_cores
         self._call_slots = threading.BoundedSemaphore(self.call_slots)
+        self._running = 0
+        self._running_lock = threading.Lock()
 
     @property
     def controlled_apis(self) -> frozenset[str]:
@@ -49,7 +58,15 @@ class PredictRuntime:
 
     def run(self, predict: Callable[[FloatMatrix], T], values: FloatMatrix) -> T:
         with self._call_slots:
-            if self._parallel_batch_rows is None or values.shape[0] < self._parallel_batch_rows:
-                return predict(values)
-            with self._controller.limit(limits=self._all_cores, user_api="openmp"):
-                return predict(values)
+            with self._running_lock:
+                self._running += 1
+                alone = self._running == 1
+            try:
+                large = self._parallel_batch_rows is not None and values.shape[0] >= self._parallel_batch_rows
+                if not (large and alone and self._all_cores > 1):
+                    return predict(values)
+                with self._controller.limit(limits=self._all_cores, user_api="openmp"):
+                    return predict(values)
+            finally:
+                with self._running_lock:
+                    self._running -= 1

@@ -75,9 +75,12 @@ class ServerSettings(BaseSettings):
     parallel_batch_rows: int | None = Field(
         None,
         ge=1,
-        description="Batches of at least this many rows predict with every core (unset: every batch on one thread). "
-        "Off by default: on 2 cores, gradient boosting's per-tree parallel regions made a 1,000-row batch of the "
-        "600-tree housing model take 60 ms instead of 31 ms on one thread, and 10,000 rows 450 instead of 324 ms.",
+        description="A batch of at least this many rows predicts with every core when no other scikit-learn call "
+        "is running (unset: every batch on one thread). Off by default: in the server, a 1,000-row batch of the "
+        "600-tree housing model took 112 ms with it against 62 ms without (benchmarks.columnar_batch, 2 cores), "
+        "although in a bare process it is 29 against 44 ms: gradient boosting opens one OpenMP region per tree, "
+        "and its team then shares the cores with the server's own threads (with OMP_WAIT_POLICY=PASSIVE, which "
+        "the server sets, each region also pays a wake-up: 104 ms in a bare process).",
     )
     model_poll_seconds: float = Field(
         10.0,

@@ -21,6 +21,7 @@ from .conftest import channel_to, in_memory_registry, running_server, wait_until
 from .estimators import GatedRegressor, ThreadpoolProbe
 
 ONE_ROW = np.ones((1, 8))
+CORES = len(os.sched_getaffinity(0))
 
 
 def test_the_runtime_controls_openmp_even_when_made_before_any_model_is_loaded():
@@ -32,7 +33,7 @@ def test_the_runtime_controls_openmp_even_when_made_before_any_model_is_loaded()
     assert "openmp" in result.stdout
 
 
-@pytest.mark.parametrize(("slots", "expected"), [(1, 1), (2, 2), (0, os.cpu_count() or 1)], ids=["1", "2", "per-core"])
+@pytest.mark.parametrize(("slots", "expected"), [(1, 1), (2, 2), (0, CORES)], ids=["1", "2", "per-core"])
 def test_no_more_calls_than_slots_run_at_once_and_the_others_wait_their_turn(slots: int, expected: int):
     runtime = PredictRuntime(parallel_batch_rows=256, max_concurrent_calls=slots)
     model = GatedRegressor()
@@ -89,8 +90,7 @@ def test_rpc_workers_run_openmp_single_threaded_and_large_batches_use_every_core
         stub.PredictBatch(_houses(large - 1))
         stub.PredictBatch(_houses(1))
 
-    cores = os.cpu_count() or 1
-    assert [(rows, threads) for rows, threads, _ in probe.seen] == [(1, 1), (large, cores), (large - 1, 1), (1, 1)]
+    assert [(rows, threads) for rows, threads, _ in probe.seen] == [(1, 1), (large, CORES), (large - 1, 1), (1, 1)]
     assert all(thread.startswith("rpc") for _, _, thread in probe.seen), probe.seen
 
 
@@ -122,7 +122,40 @@ def test_a_large_batch_lifts_the_limit_only_for_its_own_call():
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert sorted((rows, threads) for rows, threads, _ in probe.seen) == [(1, 1), (4, os.cpu_count() or 1)]
+    assert sorted((rows, threads) for rows, threads, _ in probe.seen) == [(1, 1), (4, CORES)]
+
+
+def test_a_large_batch_stays_on_one_thread_while_another_call_runs():
+    # Its team would share the cores with the other call and wait for it at every tree's barrier.
+    runtime = PredictRuntime(parallel_batch_rows=4, max_concurrent_calls=2)
+    probe = ThreadpoolProbe()
+    inside_small = threading.Event()
+    large_done = threading.Event()
+
+    def small_predict(values: np.ndarray) -> np.ndarray:
+        inside_small.set()
+        assert large_done.wait(timeout=30)
+        return probe.predict(values)
+
+    def small_call() -> None:
+        runtime.limit_current_thread()
+        runtime.run(small_predict, ONE_ROW)
+
+    def large_call() -> None:
+        runtime.limit_current_thread()
+        assert inside_small.wait(timeout=30)
+        runtime.run(probe.predict, np.ones((4, 8)))
+        large_done.set()
+
+    threads = [threading.Thread(target=small_call), threading.Thread(target=large_call)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted((rows, threads) for rows, threads, _ in probe.seen) == [(1, 1), (4, 1)]
+    # Alone again, the same batch takes every core.
+    runtime.run(probe.predict, np.ones((4, 8)))
+    assert probe.seen[-1][:2] == (4, CORES)
 
 
 def test_the_shadow_worker_runs_a_challenger_with_one_openmp_thread_too():
