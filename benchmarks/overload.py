@@ -43,6 +43,8 @@ ROW = housing_pb2.HousingFeatures(
 )
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 PREDICT = "/prediction.v1.HousingPredictor/Predict"
+# The service under load; the overall status would read NOT_SERVING, since this server has no iris model.
+HEALTH_SERVICE = "prediction.v1.HousingPredictor"
 PredictMethod = grpc.aio.UnaryUnaryMultiCallable[housing_pb2.HousingFeatures, housing_pb2.HousingPrediction]
 CALL_TIMEOUT_SECONDS = 5.0
 HEALTH_TIMEOUT_SECONDS = 1.0
@@ -109,6 +111,9 @@ class OpenLoop:
         self._pid = pid
         self.seconds: list[Second] = []
         self._outstanding = 0
+        # One example of each unexpected status, with its details and how long the call had taken.
+        self.example_errors: dict[str, str] = {}
+        self.error_seconds: dict[str, list[float]] = {}
 
     def _bucket(self, phase: str, began: float, now: float) -> Second:
         index = int(now - began)
@@ -133,6 +138,8 @@ class OpenLoop:
                     bucket.shed_with_pushback += 1
             else:
                 name = error.code().name
+                self.example_errors.setdefault(name, str(error.details()))
+                self.error_seconds.setdefault(name, []).append(time.perf_counter() - started)
                 bucket.other_errors[name] = bucket.other_errors.get(name, 0) + 1
         finally:
             self._outstanding -= 1
@@ -147,7 +154,7 @@ class OpenLoop:
                 started = time.perf_counter()
                 try:
                     answer = await health.Check(
-                        health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT_SECONDS
+                        health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=HEALTH_TIMEOUT_SECONDS
                     )
                     failed = answer.status != health_pb2.HealthCheckResponse.SERVING
                 except grpc.aio.AioRpcError:
@@ -255,7 +262,12 @@ def markdown(figures: dict[str, Any]) -> str:
         f"{figures['overload_answered_ok_per_second']:,.0f} answered OK a second, "
         f"{figures['overload_shed_share']:.0%} shed, {figures['overload_not_sent']} not sent (client bound)",
         f"- shed calls carrying {PUSHBACK_KEY}: {figures['shed_with_pushback_share']:.0%}; other errors: "
-        f"{figures['other_errors'] or 'none'}",
+        f"{figures['other_errors'] or 'none'}"
+        + "".join(
+            f"; {name} ({figures['example_errors'][name]!r}) after {times['min']:.2f} / {times['median']:.2f} / "
+            f"{times['max']:.2f} s (min / median / max)"
+            for name, times in figures["error_seconds"].items()
+        ),
         f"- p99 of answered calls: baseline {figures['baseline_p99_ms']:.1f} ms, under overload "
         f"{figures['overload_p99_ms_of_answered']:.1f} ms; back within 2x the baseline with nothing shed "
         + ("never within the recovery phase" if recovered is None else f"in second {recovered} of the recovery"),
@@ -313,6 +325,11 @@ def main() -> None:
                 )
             )
     figures = report(load.seconds, sustainable)
+    figures["example_errors"] = load.example_errors
+    figures["error_seconds"] = {
+        name: {"min": min(each), "median": statistics.median(each), "max": max(each)}
+        for name, each in load.error_seconds.items()
+    }
     print(markdown(figures))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
