@@ -7,11 +7,14 @@ rate, whatever the answers do, as independent clients would:
 
 - baseline: 0.5 S for ``--baseline-seconds``,
 - overload: 4 S for ``--overload-seconds``,
-- recovery: 0.5 S again for ``--recovery-seconds``.
+- recovery: 0.5 S again for ``--recovery-seconds``,
+
+over ``--connections`` client connections (1: one client multiplexing every call; more: many clients).
 
 Meanwhile a second channel asks health every 100 ms with a 1 s deadline, as an orchestrator would, and the
 server's RSS is read from ``/proc`` every half second. It prints, per second, what was offered and what came back
-(OK, shed with RESOURCE_EXHAUSTED and whether the shed calls carried ``grpc-retry-pushback-ms``, other errors),
+(OK, shed with RESOURCE_EXHAUSTED and whether the shed calls carried ``grpc-retry-pushback-ms``, refused with
+UNAVAILABLE because the connection had ``PREDICTOR_MAX_STREAMS_PER_CONNECTION`` calls open, other errors),
 the p50 and p99 of the answered calls, the slowest health check and the RSS; then a summary: the shed share under
 overload, health failures, the RSS peak against the baseline's, and how many seconds after the overload the p99
 was back within twice the baseline's with nothing shed. ``--json PATH`` writes every figure.
@@ -42,6 +45,8 @@ ROW = housing_pb2.HousingFeatures(
     **dict(zip(HOUSING_FEATURES, (3.87, 28.6, 5.43, 1.1, 1425.0, 3.07, 35.63, -119.57), strict=True))
 )
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# What a client sees of a stream the server refused in gRPC's core (HTTP/2 REFUSED_STREAM is error code 7).
+REFUSED_STREAM = "RST_STREAM with error code 7"
 PREDICT = "/prediction.v1.HousingPredictor/Predict"
 # The service under load; the overall status would read NOT_SERVING, since this server has no iris model.
 HEALTH_SERVICE = "prediction.v1.HousingPredictor"
@@ -63,6 +68,7 @@ class Second:
     ok: int = 0
     shed: int = 0
     shed_with_pushback: int = 0
+    refused: int = 0
     other_errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     health_checks: int = 0
@@ -136,16 +142,20 @@ class OpenLoop:
                 trailers = error.trailing_metadata() or ()
                 if any(key == PUSHBACK_KEY for key, _ in trailers):
                     bucket.shed_with_pushback += 1
+            elif error.code() == grpc.StatusCode.UNAVAILABLE and REFUSED_STREAM in (error.details() or ""):
+                bucket.refused += 1
             else:
                 name = error.code().name
-                self.example_errors.setdefault(name, str(error.details()))
+                self.example_errors.setdefault(name, f"{error.details()} {error.debug_error_string()}")
                 self.error_seconds.setdefault(name, []).append(time.perf_counter() - started)
                 bucket.other_errors[name] = bucket.other_errors.get(name, 0) + 1
         finally:
             self._outstanding -= 1
 
     async def _watch(self, phase_of: "list[tuple[str, float]]", stop: asyncio.Event) -> None:
-        async with grpc.aio.insecure_channel(self._target) as channel:
+        # Its own connection, as an orchestrator's probe has: gRPC would otherwise share the load's connection.
+        own_connection = (("grpc.use_local_subchannel_pool", 1),)
+        async with grpc.aio.insecure_channel(self._target, options=own_connection) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while not stop.is_set():
                 phase, began = phase_of[-1]
@@ -165,17 +175,26 @@ class OpenLoop:
                 bucket.health_slowest_ms = max(bucket.health_slowest_ms, elapsed_ms)
                 await asyncio.sleep(HEALTH_EVERY_SECONDS)
 
-    async def run(self, phases: list[tuple[str, float, float]]) -> None:
-        """``phases``: (name, calls per second, seconds), one after the other."""
+    async def run(self, phases: list[tuple[str, float, float]], connections: int = 1) -> None:
+        """``phases``: (name, calls per second, seconds), one after the other; the calls spread round robin over
+        ``connections`` client connections (many clients, each with its own connection)."""
         phase_of: list[tuple[str, float]] = [(phases[0][0], time.monotonic())]
         stop = asyncio.Event()
         pending: set[asyncio.Task[None]] = set()
-        async with grpc.aio.insecure_channel(self._target) as channel:
-            predict: PredictMethod = channel.unary_unary(
+        # A subchannel pool of its own per channel: gRPC would otherwise share one connection between them.
+        channels = [
+            grpc.aio.insecure_channel(self._target, options=(("grpc.use_local_subchannel_pool", 1),))
+            for _ in range(connections)
+        ]
+        methods: list[PredictMethod] = [
+            channel.unary_unary(
                 PREDICT,
                 request_serializer=housing_pb2.HousingFeatures.SerializeToString,
                 response_deserializer=housing_pb2.HousingPrediction.FromString,
             )
+            for channel in channels
+        ]
+        try:
             watcher = asyncio.create_task(self._watch(phase_of, stop))
             for name, rate, seconds in phases:
                 began = time.monotonic()
@@ -191,13 +210,16 @@ class OpenLoop:
                             bucket.not_sent += 1
                             continue
                         self._outstanding += 1
-                        task = asyncio.create_task(self._call(predict, bucket))
+                        task = asyncio.create_task(self._call(methods[sent % connections], bucket))
                         pending.add(task)
                         task.add_done_callback(pending.discard)
                     await asyncio.sleep(TICK_SECONDS)
             await asyncio.gather(*pending)
             stop.set()
             await watcher
+        finally:
+            for channel in channels:
+                await channel.close()
 
 
 def report(seconds: list[Second], sustainable: float) -> dict[str, Any]:
@@ -225,6 +247,7 @@ def report(seconds: list[Second], sustainable: float) -> dict[str, Any]:
         "overload_answered_ok_per_second": sum(each.ok for each in overload) / max(1, len(overload)),
         "overload_shed_share": sum(each.shed for each in overload) / max(1, offered),
         "overload_not_sent": sum(each.not_sent for each in overload),
+        "overload_refused_share": sum(each.refused for each in overload) / max(1, offered),
         "shed_with_pushback_share": sum(each.shed_with_pushback for each in seconds)
         / max(1, sum(each.shed for each in seconds)),
         "other_errors": errors,
@@ -243,24 +266,26 @@ def report(seconds: list[Second], sustainable: float) -> dict[str, Any]:
 
 def markdown(figures: dict[str, Any]) -> str:
     lines = [
-        "| phase | s | offered | not sent | OK | shed (with pushback) | other errors | p50 ms | p99 ms | "
+        "| phase | s | offered | not sent | OK | shed (with pushback) | refused | other errors | p50 ms | p99 ms | "
         "slowest health ms | RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for each in figures["per_second"]:
         errors = ", ".join(f"{name} {count}" for name, count in each["other_errors"].items()) or "0"
         lines.append(
             f"| {each['phase']} | {each['second']} | {each['offered']} | {each['not_sent']} | {each['ok']} | "
-            f"{each['shed']} ({each['shed_with_pushback']}) | {errors} | {each['p50_ms']:.1f} | {each['p99_ms']:.1f} | "
-            f"{each['health_slowest_ms']:.1f} | {each['rss_mb']:.0f} |"
+            f"{each['shed']} ({each['shed_with_pushback']}) | {each['refused']} | {errors} | {each['p50_ms']:.1f} | "
+            f"{each['p99_ms']:.1f} | {each['health_slowest_ms']:.1f} | {each['rss_mb']:.0f} |"
         )
     recovered = figures["recovered_after_seconds"]
     lines += [
         "",
-        f"- sustainable: {figures['sustainable_calls_per_second']:,.0f} calls/s (64 callers back to back)",
+        f"- sustainable: {figures['sustainable_calls_per_second']:,.0f} calls/s (64 callers back to back); "
+        f"the open-loop load over {figures['connections']} connection(s)",
         f"- overload: {figures['overload_offered_per_second']:,.0f} calls/s offered, "
         f"{figures['overload_answered_ok_per_second']:,.0f} answered OK a second, "
-        f"{figures['overload_shed_share']:.0%} shed, {figures['overload_not_sent']} not sent (client bound)",
+        f"{figures['overload_shed_share']:.0%} shed, {figures['overload_refused_share']:.0%} refused (streams per "
+        f"connection), {figures['overload_not_sent']} not sent (client bound)",
         f"- shed calls carrying {PUSHBACK_KEY}: {figures['shed_with_pushback_share']:.0%}; other errors: "
         f"{figures['other_errors'] or 'none'}"
         + "".join(
@@ -287,6 +312,9 @@ def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=15.0)
     parser.add_argument("--recovery-seconds", type=float, default=15.0)
     parser.add_argument("--factor", type=float, default=4.0, help="overload as a multiple of the sustainable rate")
+    parser.add_argument(
+        "--connections", type=int, default=1, help="client connections the load is spread over (default 1)"
+    )
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
     if args.serve:
@@ -321,10 +349,12 @@ def main() -> None:
                         ("baseline", 0.5 * sustainable, args.baseline_seconds),
                         ("overload", args.factor * sustainable, args.overload_seconds),
                         ("recovery", 0.5 * sustainable, args.recovery_seconds),
-                    ]
+                    ],
+                    args.connections,
                 )
             )
     figures = report(load.seconds, sustainable)
+    figures["connections"] = args.connections
     figures["example_errors"] = load.example_errors
     figures["error_seconds"] = {
         name: {"min": min(each), "median": statistics.median(each), "max": max(each)}

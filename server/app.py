@@ -206,6 +206,13 @@ def build_server(
             ("grpc.so_reuseport", 0),
             *(
                 []
+                if settings.max_streams_per_connection is None
+                # Refused in gRPC's C core, before the polling thread, which would otherwise take every excess
+                # call from the queue only to shed it, starved of the GIL by the workers.
+                else [("grpc.max_concurrent_streams", settings.max_streams_per_connection)]
+            ),
+            *(
+                []
                 if settings.max_connection_age_seconds is None
                 # No max_connection_age_grace_ms: the GOAWAY alone sends new calls to a new connection, and an
                 # open prediction stream may live on as long as its client keeps it.

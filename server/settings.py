@@ -47,6 +47,15 @@ class ServerSettings(BaseSettings):
         "calls at once with RESOURCE_EXHAUSTED, before they take any memory. The last-resort bound on memory: "
         "max_queue_ms sheds load long before it is reached. Unset: unbounded.",
     )
+    max_streams_per_connection: int | None = Field(
+        100,
+        ge=1,
+        description="Calls (HTTP/2 streams) one client connection may have open at once; beyond it gRPC refuses "
+        "the stream at once (RST_STREAM REFUSED_STREAM, UNAVAILABLE to the caller, never computed and safe to "
+        "retry) without the server's Python side seeing it. Under overload this keeps the gRPC server's single "
+        "polling thread from drowning: at 4x the sustainable rate, answered calls were 92% of that rate with it "
+        "and 29% without (benchmarks.overload). Unset: unlimited.",
+    )
     max_queue_ms: float | None = Field(
         500.0,
         gt=0,

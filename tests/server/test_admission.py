@@ -133,3 +133,42 @@ def _latency(stub: housing_pb2_grpc.HousingPredictorStub) -> float:
     started = time.monotonic()
     stub.Predict(ROW, timeout=10)
     return time.monotonic() - started
+
+
+def _started(server) -> float:
+    return sample(server.metrics_registry, "grpc_server_started_total", grpc_type="UNARY", **PREDICT)
+
+
+def test_one_connection_has_at_most_max_streams_per_connection_calls_in_the_server():
+    model = GatedRegressor()
+    most = 3
+    with (
+        running_server(_registry(model), max_streams_per_connection=most, microbatch="off") as server,
+        channel_to(server) as channel,
+        # Its own connection, as an orchestrator's probe has (gRPC would otherwise share the one above).
+        grpc.insecure_channel(f"127.0.0.1:{server.port}", options=(("grpc.use_local_subchannel_pool", 1),)) as probe,
+    ):
+        stub = housing_pb2_grpc.HousingPredictorStub(channel)
+        # The client learns the connection's limit (HTTP/2 SETTINGS) with its first call.
+        assert stub.Predict(ROW, timeout=10).median_house_value == 1.0
+        model.gated = True
+        calls = [stub.Predict.future(ROW, timeout=30) for _ in range(most + 4)]
+        try:
+            wait_until(lambda: _started(server) == 1 + most, "the connection's streams to be taken")
+            time.sleep(0.3)  # what must not happen: more calls of this connection reaching the server
+            assert _started(server) == 1 + most
+            answer = health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            model.gated = False
+            model.release.set()
+        # The others wait at the client and are answered once streams free up; a stream the client opened while
+        # the server was still freeing an earlier one is refused in gRPC's core instead (REFUSED_STREAM), never
+        # computed, and says so.
+        outcomes = [call.exception(timeout=30) for call in calls]
+        refused = [error for error in outcomes if error is not None]
+        assert all(
+            error.code() == grpc.StatusCode.UNAVAILABLE and "RST_STREAM" in str(error.details()) for error in refused
+        ), refused
+        assert len(refused) <= 4
+        assert _started(server) == 1 + len(calls) - len(refused)
