@@ -46,6 +46,16 @@ PORT_ATTEMPTS = 5
 START_TIMEOUT_SECONDS = 30.0
 MLFLOW_START_TIMEOUT_SECONDS = 120.0
 MLFLOW_LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+HOUSE = housing_pb2.HousingFeatures(
+    median_income=8.3252,
+    house_age=41,
+    average_rooms=6.98,
+    average_bedrooms=1.02,
+    population=322,
+    average_occupancy=2.55,
+    latitude=37.88,
+    longitude=-122.23,
+)
 
 
 @dataclass(frozen=True)
@@ -271,19 +281,7 @@ def test_models_trained_through_mlflow_on_postgresql_are_served(postgres: Postgr
     with mlflow_server_on(tracking_server.uri, metrics_port=None) as server, channel_to(server) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        house = housing_pb2_grpc.HousingPredictorStub(channel).Predict(
-            housing_pb2.HousingFeatures(
-                median_income=8.3252,
-                house_age=41,
-                average_rooms=6.98,
-                average_bedrooms=1.02,
-                population=322,
-                average_occupancy=2.55,
-                latitude=37.88,
-                longitude=-122.23,
-            ),
-            timeout=10,
-        )
+        house = housing_pb2_grpc.HousingPredictorStub(channel).Predict(HOUSE, timeout=10)
         flower = iris_pb2_grpc.IrisClassifierStub(channel).Classify(
             iris_pb2.IrisFeatures(sepal_length_cm=5.1, sepal_width_cm=3.5, petal_length_cm=1.4, petal_width_cm=0.2),
             timeout=10,
@@ -300,16 +298,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Long enough to see the retries spread out (0.5, 1, 2 s apart, then the poll interval).
 OUTAGE_SECONDS = 5.0
 POLL_SECONDS = 3.0
-HOUSE = housing_pb2.HousingFeatures(
-    median_income=8.3252,
-    house_age=41,
-    average_rooms=6.98,
-    average_bedrooms=1.02,
-    population=322,
-    average_occupancy=2.55,
-    latitude=37.88,
-    longitude=-122.23,
-)
 
 
 def _rounds(moments: list[float], apart: float = 0.25) -> list[float]:
