@@ -165,8 +165,12 @@ def test_one_connection_has_at_most_max_streams_per_connection_calls_in_the_serv
         # The others wait at the client and are answered once streams free up; a stream the client opened while
         # the server was still freeing an earlier one is refused in gRPC's core instead (REFUSED_STREAM), never
         # computed, and says so.
-        outcomes = [call.exception(timeout=30) for call in calls]
-        refused = [error for error in outcomes if error is not None]
+        refused: list[grpc.RpcError] = []
+        for call in calls:
+            error = call.exception(timeout=30)
+            if error is not None:
+                assert isinstance(error, grpc.RpcError), error
+                refused.append(error)
         assert all(
             error.code() == grpc.StatusCode.UNAVAILABLE and "RST_STREAM" in str(error.details()) for error in refused
         ), refused
