@@ -15,7 +15,8 @@ def default_tracking_uri() -> str:
 class ServerSettings(BaseSettings):
     """Every knob of the gRPC server. Environment variables use the ``PREDICTOR_`` prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore", frozen=True)
+    # "none" in the environment unsets a setting that may be unset (e.g. PREDICTOR_MAX_QUEUE_MS=none: never shed).
+    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore", frozen=True, env_parse_none_str="none")
 
     host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")

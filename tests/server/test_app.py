@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 from server.services import HOUSING
+from server.settings import ServerSettings
 
 from .conftest import channel_to, in_memory_registry, running_server
 from .estimators import GatedRegressor
@@ -76,3 +77,14 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_with_resource_exhausted(mo
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert time.monotonic() < deadline, "calls were still refused after the others finished"
+
+
+def test_none_in_the_environment_unsets_a_setting_whose_default_is_a_number(monkeypatch: pytest.MonkeyPatch):
+    for name in ("MAX_QUEUE_MS", "MAX_CONCURRENT_RPCS", "MAX_STREAMS_PER_CONNECTION", "MAX_CONNECTION_AGE_SECONDS"):
+        monkeypatch.setenv(f"PREDICTOR_{name}", "none")
+    settings = ServerSettings()
+    unset = (settings.max_queue_ms, settings.max_concurrent_rpcs, settings.max_streams_per_connection)
+    assert unset == (None, None, None)
+    assert settings.max_connection_age_seconds is None
+    monkeypatch.setenv("PREDICTOR_MAX_QUEUE_MS", "250")
+    assert ServerSettings().max_queue_ms == 250
