@@ -49,13 +49,15 @@ class ServerSettings(BaseSettings):
         "max_queue_ms sheds load long before it is reached. Unset: unbounded.",
     )
     max_streams_per_connection: int | None = Field(
-        100,
+        256,
         ge=1,
-        description="Calls (HTTP/2 streams) one client connection may have open at once; beyond it gRPC refuses "
-        "the stream at once (RST_STREAM REFUSED_STREAM, UNAVAILABLE to the caller, never computed and safe to "
-        "retry) without the server's Python side seeing it. Under overload this keeps the gRPC server's single "
-        "polling thread from drowning: at 4x the sustainable rate, answered calls were 92% of that rate with it "
-        "and 29% without (benchmarks.overload). Unset: unlimited.",
+        description="Calls (HTTP/2 streams) one client connection may have open at once. Beyond it the client holds "
+        "a call until a stream frees up, or gRPC's core refuses it (RST_STREAM REFUSED_STREAM: UNAVAILABLE to the "
+        "caller, never computed, safe to retry), without the server's Python side seeing it. Under overload this "
+        "keeps the gRPC server's single polling thread from drowning: at 4x the sustainable rate on one connection, "
+        "answered calls were 73% of that rate with it and 29% without (benchmarks.overload). 256 calls queue about "
+        "as long as max_queue_ms allows at this server's single-row rate; a client that multiplexes more calls than "
+        "this on one connection sees the excess refused even below overload. Unset: unlimited.",
     )
     max_queue_ms: float | None = Field(
         500.0,
