@@ -161,6 +161,16 @@ class _HealthReporter:
         self._servicer.set(OVERALL, serving if everything else not_serving)
 
 
+def _count_shed(method: str, rpc_metrics: RpcMetrics, grpc_metrics: PromServerInterceptor) -> None:
+    """A call the executor shed before any interceptor saw it, counted where the interceptors would have: as
+    started and handled RESOURCE_EXHAUSTED in py-grpc-prometheus' counters (the error-ratio alert reads them),
+    and in ``grpc_server_shed_total``."""
+    rpc_metrics.count_shed(method)
+    _, service, name = method.split("/", 2)
+    grpc_metrics._metrics["grpc_server_started_counter"].labels("UNARY", service, name).inc()
+    grpc_metrics.increase_grpc_server_handled_total_counter("UNARY", service, name, "RESOURCE_EXHAUSTED")
+
+
 def build_server(
     settings: ServerSettings,
     registry: ModelRegistry,
@@ -175,8 +185,15 @@ def build_server(
     """
     metrics_registry = metrics_registry or CollectorRegistry()
     runtime = PredictRuntime(settings.parallel_batch_rows, settings.max_concurrent_predictions)
+    rpc_metrics = RpcMetrics(metrics_registry)
+    grpc_metrics = PromServerInterceptor(enable_handling_time_histogram=True, registry=metrics_registry)
+    max_queue_seconds = None if settings.max_queue_ms is None else settings.max_queue_ms / 1000
     executor = QueueTimingExecutor(
-        max_workers=settings.max_workers, thread_name_prefix="rpc", initializer=runtime.limit_current_thread
+        max_workers=settings.max_workers,
+        thread_name_prefix="rpc",
+        initializer=runtime.limit_current_thread,
+        shed_after=max_queue_seconds,
+        on_shed=lambda method: _count_shed(method, rpc_metrics, grpc_metrics),
     )
     health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
     authenticator = AdminAuthenticator(
@@ -189,13 +206,13 @@ def build_server(
         interceptors=[
             # Outermost first: the Prometheus interceptor must see the status the error mapping set, and the
             # error mapping must see the admin authentication's refusals.
-            PromServerInterceptor(enable_handling_time_histogram=True, registry=metrics_registry),
+            grpc_metrics,
             ServerCallInterceptor(
                 access_log=settings.access_log,
-                metrics=RpcMetrics(metrics_registry),
+                metrics=rpc_metrics,
                 stream_methods=STREAM_METHODS,
                 max_concurrent_streams=settings.stream_cap,
-                max_queue_seconds=None if settings.max_queue_ms is None else settings.max_queue_ms / 1000,
+                max_queue_seconds=max_queue_seconds,
             ),
             AdminAuthInterceptor(authenticator, ADMIN_SERVICE),
         ],

@@ -15,6 +15,8 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from grpc import _server as _grpc_server  # grpcio internals: see QueueTimingExecutor
+from grpc._cython import cygrpc as _cygrpc  # type: ignore[attr-defined]
 
 from server.admin.auth import AdminAuthenticator
 from server.errors import InvalidInputError
@@ -71,6 +73,12 @@ class _MalformedLog:
         )
 
 
+# Never shed: a health check must answer under overload (that is when orchestrators ask), reflection is cheap.
+NEVER_SHED = ("/grpc.health.v1.", "/grpc.reflection.")
+# gRFC A6: a client's retry policy waits this many milliseconds before it retries.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
 _worker = threading.local()
 
 
@@ -79,28 +87,70 @@ class QueueTimingExecutor(futures.ThreadPoolExecutor):
 
     gRPC submits one task per call; the task then receives and parses the request before the handler runs, so a
     stamp taken when the call arrived would count the upload and the parsing of a large message as queueing.
+
+    With ``shed_after``, a unary call that waited longer is answered RESOURCE_EXHAUSTED right here, before its
+    request is received, parsed or seen by any interceptor: under overload a shed call must cost as little as
+    possible, or shedding itself takes the GIL from the calls being answered. This reaches into grpcio's
+    sync server (``grpc._server``, the version the lock pins); a task it does not recognise runs as usual and
+    the interceptor sheds it instead (``fast_sheds`` tells which way calls went).
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        shed_after: float | None = None,
+        on_shed: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._shed_after = shed_after
+        self._on_shed = on_shed
+        self.fast_sheds = 0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
         submitted = time.monotonic()
+        shed_after = self._shed_after
 
         def timed(*inner_args: Any, **inner_kwargs: Any) -> Any:
-            _worker.queue_wait = time.monotonic() - submitted
+            waited = time.monotonic() - submitted
+            if shed_after is not None and waited > shed_after and self._shed_now(inner_args, waited, shed_after):
+                return None
+            _worker.queue_wait = waited
             return fn(*inner_args, **inner_kwargs)
 
         return super().submit(timed, *args, **kwargs)
+
+    def _shed_now(self, args: tuple[Any, ...], waited: float, shed_after: float) -> bool:
+        # gRPC's task for a unary call: context.run(_unary_response_in_pool, rpc_event, state, ...).
+        if len(args) < 3 or args[0] is not _grpc_server._unary_response_in_pool:
+            return False
+        rpc_event, state = args[1], args[2]
+        # A registered method's name is the event's tag; a generic handler's, its call details.
+        method = rpc_event.tag if isinstance(rpc_event.tag, str) and rpc_event.tag else rpc_event.call_details.method
+        method = method.decode() if isinstance(method, bytes) else str(method)
+        if method.startswith(NEVER_SHED):
+            return False
+        details = (
+            f"overloaded: the call waited {waited * 1000:.0f} ms for a worker (at most {shed_after * 1000:.0f} ms); "
+            "retry after the pushback"
+        )
+        with state.condition:
+            # What context.abort() leaves behind, then what gRPC does with an aborted call.
+            state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            state.details = details.encode()
+            state.trailing_metadata = ((PUSHBACK_KEY, str(round(shed_after * 1000))),)
+            state.aborted = True
+            _grpc_server._abort(state, rpc_event.call, _cygrpc.StatusCode.unknown, b"RPC Aborted")
+        self.fast_sheds += 1
+        if self._on_shed is not None:
+            self._on_shed(method)
+        return True
 
 
 def queue_wait() -> float:
     """How long the task running on this thread waited for it (0 outside ``QueueTimingExecutor`` threads)."""
     wait: float = getattr(_worker, "queue_wait", 0.0)
     return wait
-
-
-# Never shed: a health check must answer under overload (that is when orchestrators ask), reflection is cheap.
-NEVER_SHED = ("/grpc.health.v1.", "/grpc.reflection.")
-# gRFC A6: a client's retry policy waits this many milliseconds before it retries.
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 def _refusing_malformed_request(behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Any]:

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from data.schema import HOUSING_FEATURES
 from model_registry.memory import InMemoryRegistry
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc
+from server.interceptors import QueueTimingExecutor
 from server.services import HOUSING
 from tests.server.conftest import channel_to, in_memory_registry, running_server, sample, wait_until
 from tests.server.estimators import GatedRegressor
@@ -77,6 +78,14 @@ def test_calls_that_waited_past_max_queue_are_shed_with_a_pushback_and_health_st
         assert pushbacks == ["100"] * 3
         assert "overloaded" in str(refusals[0].details())
         assert _shed(server) == 3
+        # Shed by the thread pool before any interceptor (the cheap way), and still counted as py-grpc-prometheus
+        # would have counted them, which the error-ratio alert reads.
+        executor = server.executors[0]
+        assert isinstance(executor, QueueTimingExecutor)
+        assert executor.fast_sheds == 3
+        handled = {"grpc_type": "UNARY", "grpc_code": "RESOURCE_EXHAUSTED", **PREDICT}
+        assert sample(server.metrics_registry, "grpc_server_handled_total", **handled) == 3
+        assert _started(server) == 4
         # Shed calls were never computed: the model saw the holding call (and its warm-up at load) only.
         assert not model.entered.acquire(blocking=False)
         assert stub.Predict(ROW, timeout=10).median_house_value == 1.0
