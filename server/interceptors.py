@@ -106,6 +106,7 @@ class QueueTimingExecutor(futures.ThreadPoolExecutor):
         self._shed_after = shed_after
         self._on_shed = on_shed
         self.fast_sheds = 0
+        self._fast_sheds_lock = threading.Lock()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
         submitted = time.monotonic()
@@ -134,6 +135,11 @@ class QueueTimingExecutor(futures.ThreadPoolExecutor):
             f"overloaded: the call waited {waited * 1000:.0f} ms for a worker (at most {shed_after * 1000:.0f} ms); "
             "retry after the pushback"
         )
+        # Counted first: by the time the caller reads its refusal, the metrics show it.
+        with self._fast_sheds_lock:
+            self.fast_sheds += 1
+        if self._on_shed is not None:
+            self._on_shed(method)
         with state.condition:
             # What context.abort() leaves behind, then what gRPC does with an aborted call.
             state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -141,9 +147,6 @@ class QueueTimingExecutor(futures.ThreadPoolExecutor):
             state.trailing_metadata = ((PUSHBACK_KEY, str(round(shed_after * 1000))),)
             state.aborted = True
             _grpc_server._abort(state, rpc_event.call, _cygrpc.StatusCode.unknown, b"RPC Aborted")
-        self.fast_sheds += 1
-        if self._on_shed is not None:
-            self._on_shed(method)
         return True
 
 
