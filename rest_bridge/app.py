@@ -28,7 +28,13 @@ status the HTTP status comes from. Send `X-Request-ID` to trace a request throug
 def create_app(settings: BridgeSettings, metrics_registry: CollectorRegistry | None = None) -> FastAPI:
     """Build the bridge. The gRPC channel is opened when the app starts (lifespan) and closed when it stops."""
     metrics = BridgeMetrics(metrics_registry)
-    upstream = Upstream(settings.channel_target, settings.upstream_timeout_seconds, metrics, upstream_tls(settings))
+    upstream = Upstream(
+        settings.channel_target,
+        settings.upstream_timeout_seconds,
+        metrics,
+        upstream_tls(settings),
+        max_calls=settings.max_upstream_calls,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -65,6 +65,13 @@ class BridgeSettings(BaseSettings):
     upstream_timeout_seconds: float = Field(
         5.0, gt=0, le=300, description="Deadline of every gRPC call to the prediction server; 504 when it passes."
     )
+    max_upstream_calls: int = Field(
+        200,
+        ge=1,
+        description="gRPC calls the bridge has open at once; further requests wait for one to end, within the same "
+        "deadline. Keep it below the server's PREDICTOR_MAX_STREAMS_PER_CONNECTION (256), beyond which the server "
+        "refuses some of a connection's calls (503 here).",
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1024,

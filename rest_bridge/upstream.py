@@ -8,8 +8,10 @@ and cancels the request's task, which cancels the call it is awaiting. Admin cal
 """
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,8 +47,26 @@ MAX_AUTHORIZATION_LENGTH = 4096
 HOUSING_SERVICE = housing_pb2.DESCRIPTOR.services_by_name["HousingPredictor"].full_name
 IRIS_SERVICE = iris_pb2.DESCRIPTOR.services_by_name["IrisClassifier"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
-# Spread calls over every address the target resolves to, instead of gRPC's default pick_first.
-SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Spread calls over every address the target resolves to, instead of gRPC's default pick_first. Prediction
+# calls (idempotent: nothing changes when one is made twice) are retried on UNAVAILABLE, the status of a call
+# the server never started: refused on a full connection (REFUSED_STREAM), no model loaded, a connection lost.
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": HOUSING_SERVICE}, {"service": IRIS_SERVICE}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 # gRPC's default reconnect backoff grows to 120 s: after a long outage the bridge could keep answering
 # 503 for minutes once the server is back. Capped at a few seconds, it finds a restarted server quickly.
 CHANNEL_OPTIONS = (
@@ -56,6 +76,8 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 3000),
 )
 CLOSE_GRACE_SECONDS = 1.0
+# Below the server's default PREDICTOR_MAX_STREAMS_PER_CONNECTION (256).
+DEFAULT_MAX_CALLS = 200
 
 
 class UpstreamTlsError(ValueError):
@@ -158,13 +180,22 @@ class Upstream:
     """The channel to the prediction server(s). ``open()`` on the serving event loop, ``close()`` at shutdown."""
 
     def __init__(
-        self, target: str, timeout_seconds: float, metrics: BridgeMetrics, tls: UpstreamTls | None = None
+        self,
+        target: str,
+        timeout_seconds: float,
+        metrics: BridgeMetrics,
+        tls: UpstreamTls | None = None,
+        max_calls: int = DEFAULT_MAX_CALLS,
     ) -> None:
         self.target = target
         self.timeout_seconds = timeout_seconds
         self._metrics = metrics
         self._tls = tls
         self._channel: grpc.aio.Channel | None = None
+        # The server takes at most PREDICTOR_MAX_STREAMS_PER_CONNECTION calls on one connection and refuses
+        # some of those beyond it (REFUSED_STREAM): past this many, requests wait here for a call to end, within
+        # the same deadline, instead of being answered 503.
+        self._call_slots = asyncio.Semaphore(max_calls)
 
     async def open(self) -> None:
         # Created here rather than in __init__: a grpc.aio channel belongs to the loop it was made on.
@@ -203,12 +234,33 @@ class Upstream:
         key = forwardable_routing_key(routing_key)
         if key is not None:
             metadata += ((ROUTING_KEY, key),)
-        call = rpc(message, timeout=self.timeout_seconds, metadata=metadata)
+        started = time.monotonic()
+        async with self._call_slot(method):
+            remaining = self.timeout_seconds - (time.monotonic() - started)
+            call = rpc(message, timeout=remaining, metadata=metadata)
+            try:
+                return await cancel_on_disconnect(receive, call)
+            except grpc.aio.AioRpcError as error:
+                self._metrics.upstream_error(method, error.code())
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _call_slot(self, method: str) -> AsyncIterator[None]:
         try:
-            return await cancel_on_disconnect(receive, call)
-        except grpc.aio.AioRpcError as error:
-            self._metrics.upstream_error(method, error.code())
-            raise
+            await asyncio.wait_for(self._call_slots.acquire(), self.timeout_seconds)
+        except TimeoutError:
+            # As if the server's deadline had passed: 504, counted like one.
+            self._metrics.upstream_error(method, grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="the bridge's upstream calls were all busy until the deadline",
+            ) from None
+        try:
+            yield
+        finally:
+            self._call_slots.release()
 
     # Prediction calls also carry the client's X-Routing-Key, when it has a usable one.
 

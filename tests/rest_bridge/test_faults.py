@@ -8,6 +8,7 @@ import errno
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from itertools import pairwise
@@ -156,3 +157,23 @@ async def test_after_a_long_outage_the_bridge_finds_the_restarted_server_within_
                 assert max(intervals) < LONGEST_RECONNECT_INTERVAL_SECONDS, (intervals, recovered_in)
 
     await _on_the_same_port(scenario)
+
+
+async def _statuses_with_more_requests_in_flight_than_streams(max_upstream_calls: int) -> Counter[int]:
+    statuses: Counter[int] = Counter()
+    with running_server(in_memory_registry(), max_streams_per_connection=4, max_workers=8) as server:
+        async with bridge(f"127.0.0.1:{server.port}", max_upstream_calls=max_upstream_calls) as client:
+
+            async def caller() -> None:
+                for _ in range(25):
+                    statuses[(await client.post("/predict/iris", json=IRIS)).status_code] += 1
+
+            async with anyio.create_task_group() as callers:
+                for _ in range(16):
+                    callers.start_soon(caller)
+    return statuses
+
+
+async def test_requests_beyond_the_calls_a_server_connection_takes_wait_in_the_bridge_instead_of_failing():
+    # The server takes 4 calls on the bridge's connection and refuses some beyond that (REFUSED_STREAM).
+    assert await _statuses_with_more_requests_in_flight_than_streams(max_upstream_calls=3) == {200: 400}
