@@ -25,7 +25,7 @@ from server.batching import BatchingMetrics
 from server.core import Batching, HousingEndpoint, IrisEndpoint, Observers
 from server.domain import Deployment, retired_models
 from server.execution import ModelRunner
-from server.interceptors import AdminAuthInterceptor, QueueTimingExecutor, ServerCallInterceptor
+from server.interceptors import AdminAuthInterceptor, QueueTimingExecutor, ServerCallInterceptor, split_method
 from server.lifecycle import ModelWatcher, WatchedModel
 from server.metrics import ModelMetrics, RpcMetrics
 from server.model_store import ModelSlot, ModelStore
@@ -165,8 +165,8 @@ def _count_shed(method: str, rpc_metrics: RpcMetrics, grpc_metrics: PromServerIn
     """A call the executor shed before any interceptor saw it, counted where the interceptors would have: as
     started and handled RESOURCE_EXHAUSTED in py-grpc-prometheus' counters (the error-ratio alert reads them),
     and in ``grpc_server_shed_total``."""
-    rpc_metrics.count_shed(method)
-    _, service, name = method.split("/", 2)
+    service, name = split_method(method)
+    rpc_metrics.shed.labels(service, name).inc()
     grpc_metrics._metrics["grpc_server_started_counter"].labels("UNARY", service, name).inc()
     grpc_metrics.increase_grpc_server_handled_total_counter("UNARY", service, name, "RESOURCE_EXHAUSTED")
 

@@ -79,6 +79,21 @@ NEVER_SHED = ("/grpc.health.v1.", "/grpc.reflection.")
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
+def split_method(method: str) -> tuple[str, str]:
+    """``/package.Service/Method`` as (``package.Service``, ``Method``), the labels py-grpc-prometheus uses."""
+    _, service, name = method.split("/", 2)
+    return service, name
+
+
+def overload_refusal(waited: float, shed_after: float) -> tuple[str, tuple[tuple[str, str]]]:
+    """The details and the pushback trailer of a call shed after waiting ``waited`` seconds for a worker."""
+    details = (
+        f"overloaded: the call waited {waited * 1000:.0f} ms for a worker (at most {shed_after * 1000:.0f} ms); "
+        "retry after the pushback"
+    )
+    return details, ((PUSHBACK_KEY, str(round(shed_after * 1000))),)
+
+
 _worker = threading.local()
 
 
@@ -131,10 +146,7 @@ class QueueTimingExecutor(futures.ThreadPoolExecutor):
         method = method.decode() if isinstance(method, bytes) else str(method)
         if method.startswith(NEVER_SHED):
             return False
-        details = (
-            f"overloaded: the call waited {waited * 1000:.0f} ms for a worker (at most {shed_after * 1000:.0f} ms); "
-            "retry after the pushback"
-        )
+        details, trailer = overload_refusal(waited, shed_after)
         # Counted first: by the time the caller reads its refusal, the metrics show it.
         with self._fast_sheds_lock:
             self.fast_sheds += 1
@@ -144,7 +156,7 @@ class QueueTimingExecutor(futures.ThreadPoolExecutor):
             # What context.abort() leaves behind, then what gRPC does with an aborted call.
             state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
             state.details = details.encode()
-            state.trailing_metadata = ((PUSHBACK_KEY, str(round(shed_after * 1000))),)
+            state.trailing_metadata = trailer
             state.aborted = True
             _grpc_server._abort(state, rpc_event.call, _cygrpc.StatusCode.unknown, b"RPC Aborted")
         return True
@@ -178,12 +190,6 @@ def _refusing_malformed_requests(
         return behavior(parsed(), context)
 
     return call
-
-
-def _split(method: str) -> tuple[str, str]:
-    """``/package.Service/Method`` as (``package.Service``, ``Method``), the labels py-grpc-prometheus uses."""
-    _, service, name = method.split("/", 2)
-    return service, name
 
 
 class ServerCallInterceptor(grpc.ServerInterceptor):
@@ -249,7 +255,7 @@ class ServerCallInterceptor(grpc.ServerInterceptor):
     def _tolerant(self, deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
         if deserialize is None:
             return None
-        counter = self._metrics.malformed.labels(*_split(method))
+        counter = self._metrics.malformed.labels(*split_method(method))
         malformed_log = self._malformed_log
 
         def parse(data: bytes) -> Any:
@@ -276,13 +282,10 @@ class ServerCallInterceptor(grpc.ServerInterceptor):
             request_id = request_id_of(context)
             try:
                 if shed_after is not None and (waited := queue_wait()) > shed_after:
-                    shed.labels(*_split(method)).inc()
-                    context.set_trailing_metadata(((PUSHBACK_KEY, str(round(shed_after * 1000))),))
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"overloaded: the call waited {waited * 1000:.0f} ms for a worker (at most "
-                        f"{shed_after * 1000:.0f} ms); retry after the pushback",
-                    )
+                    shed.labels(*split_method(method)).inc()
+                    details, trailer = overload_refusal(waited, shed_after)
+                    context.set_trailing_metadata(trailer)
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
                 if type(request) is MalformedMessage:
                     raise request.error
                 return behavior(request, context)
@@ -302,7 +305,7 @@ class ServerCallInterceptor(grpc.ServerInterceptor):
     def _stream(
         self, behavior: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]], method: str
     ) -> Callable[..., Iterator[Any]]:
-        labels = _split(method)
+        labels = split_method(method)
         active = self._metrics.streams_active.labels(*labels)
         rejected = self._metrics.streams_rejected.labels(*labels)
         messages = self._metrics.stream_messages

@@ -177,8 +177,3 @@ class RpcMetrics:
             labels,
             registry=registry,
         )
-
-    def count_shed(self, method: str) -> None:
-        """One call shed for ``method`` (``/package.Service/Method``)."""
-        _, service, name = method.split("/", 2)
-        self.shed.labels(service, name).inc()

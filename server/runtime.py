@@ -58,11 +58,13 @@ class PredictRuntime:
 
     def run(self, predict: Callable[[FloatMatrix], T], values: FloatMatrix) -> T:
         with self._call_slots:
+            if self._parallel_batch_rows is None:  # no lift: nothing to count on the request path
+                return predict(values)
             with self._running_lock:
                 self._running += 1
                 alone = self._running == 1
             try:
-                large = self._parallel_batch_rows is not None and values.shape[0] >= self._parallel_batch_rows
+                large = values.shape[0] >= self._parallel_batch_rows
                 if not (large and alone and self._all_cores > 1):
                     return predict(values)
                 with self._controller.limit(limits=self._all_cores, user_api="openmp"):
