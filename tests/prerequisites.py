@@ -19,6 +19,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_CLIENT = REPO_ROOT / "tests" / "server" / "node_client"
 HOUSING_CACHE_FILE = "cal_housing_py3.pkz"
+FOREST_KERNEL_LIBRARY = REPO_ROOT / "server" / "_forest_kernel.so"
 
 
 def running_in_ci() -> bool:
@@ -140,7 +141,22 @@ POSTGRES = Prerequisite(
     "under /usr/lib/postgresql/<major>/bin and on PATH",
     _postgres_bin,
 )
-EVERY_PREREQUISITE = (HOUSING_DATA, NODE, NODE_CLIENT_PACKAGES, GRPCURL, PROMETHEUS, PROMTOOL, POSTGRES)
+FOREST_KERNEL = Prerequisite(
+    "the native forest kernel (server/_forest_kernel.so)",
+    "run `make install` with a C compiler on PATH (Debian: `apt-get install gcc libc6-dev`; `make install` does it "
+    "as root)",
+    lambda: FOREST_KERNEL_LIBRARY if FOREST_KERNEL_LIBRARY.is_file() else None,
+)
+EVERY_PREREQUISITE = (
+    HOUSING_DATA,
+    NODE,
+    NODE_CLIENT_PACKAGES,
+    GRPCURL,
+    PROMETHEUS,
+    PROMTOOL,
+    POSTGRES,
+    FOREST_KERNEL,
+)
 
 
 def missing_prerequisites() -> list[Prerequisite]:

@@ -95,6 +95,29 @@ def test_every_package_of_the_project_is_copied_and_not_ignored():
         assert _ignored(secret_or_local), secret_or_local
 
 
+def test_the_image_builds_the_forest_kernel_as_make_install_does_and_ships_it_beside_the_server():
+    builder, runtime = _stages()
+    # The Makefile's recipe: $(CC) <flags> -o $@ $<
+    make_flags = re.search(r"\$\(CC\) (-[^$]+) -o \$@ \$<", (REPO_ROOT / "Makefile").read_text())
+    assert make_flags is not None
+    flags = make_flags.group(1).split()
+    assert "-ffast-math" not in flags and not any(flag.startswith("-Ofast") for flag in flags)
+    compiles = [
+        shlex.split(command)
+        for keyword, arguments in builder
+        if keyword == "RUN"
+        for command in arguments.split("&&")
+        if "forest_kernel.c" in command
+    ]
+    assert [words[1 : 1 + len(flags)] for words in compiles] == [flags]
+    assert compiles[0][-1] == "/tmp/forest_kernel.c" and compiles[0][0] == "cc"
+    copies = [arguments for keyword, arguments in runtime if keyword == "COPY"]
+    shipped = f"--from=builder {compiles[0][compiles[0].index('-o') + 1]} server/_forest_kernel.so"
+    # After the code, so that no host-built library could take its place (and .dockerignore leaves it out).
+    assert copies.index(shipped) > copies.index("server/ server/")
+    assert _ignored("server/_forest_kernel.so")
+
+
 def test_the_image_runs_as_a_non_root_user_with_no_secrets():
     runtime = _stages()[1]
     users = [arguments for keyword, arguments in runtime if keyword == "USER"]

@@ -46,6 +46,10 @@ def server_settings(**overrides: object) -> ServerSettings:
         "metrics_port": 0,
         "grace_seconds": 1.0,
         "max_workers": 4,
+        # No shedding of calls that queued past max_queue_ms: an in-process server shares its GIL with the test and,
+        # under CI, the cores with another test process, so a functional test's call may wait a second for a
+        # worker; the admission tests set it, and process tests run the shipped default.
+        "max_queue_ms": None,
         # Plaintext on loopback: admin calls are allowed without TLS here (tests of the refusal turn it off).
         "admin_allow_plaintext": True,
         "mlflow_tracking_uri": "sqlite:///unused.db",

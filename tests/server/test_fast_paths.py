@@ -1,5 +1,8 @@
 """Fast paths must give scikit-learn's answers bit for bit, or not be used at all."""
 
+import os
+import threading
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
@@ -20,6 +23,7 @@ from server.preparation import ModelPreparer
 from server.runtime import PredictRuntime
 from server.services import HOUSING, IRIS, ServiceSpec
 
+from ..prerequisites import FOREST_KERNEL
 from .conftest import channel_to, running_server
 
 
@@ -37,23 +41,56 @@ def regressor(training_data):
     return HistGradientBoostingRegressor(max_iter=40, max_leaf_nodes=31, random_state=0).fit(features, target)
 
 
-def test_compiled_predictions_equal_scikit_learn_exactly(regressor):
-    compiled = CompiledForest.from_estimator(regressor)
+WALKS = [pytest.param(True, id="native kernel"), pytest.param(False, id="numpy walk")]
+
+
+def _compiled(regressor: HistGradientBoostingRegressor, native: bool) -> CompiledForest:
+    if native:
+        FOREST_KERNEL.require()
+    compiled = CompiledForest.from_estimator(regressor, native=native)
     assert compiled is not None
+    assert compiled.any_size is native
+    return compiled
+
+
+@pytest.mark.parametrize("native", WALKS)
+def test_compiled_predictions_equal_scikit_learn_exactly(regressor, native):
+    compiled = _compiled(regressor, native)
     rows = np.random.default_rng(1).normal(scale=2.0, size=(500, 8))
     assert np.array_equal(compiled.predict(rows), regressor.predict(rows))
     for one_row in rows[:20]:
         assert compiled.predict(one_row[None, :])[0] == regressor.predict(one_row[None, :])[0]
 
 
-def test_values_exactly_on_a_threshold_go_the_same_way(regressor):
-    compiled = CompiledForest.from_estimator(regressor)
-    assert compiled is not None
+@pytest.mark.parametrize("native", WALKS)
+def test_values_exactly_on_a_threshold_go_the_same_way(regressor, native):
+    compiled = _compiled(regressor, native)
     nodes = np.concatenate([p.nodes for iteration in regressor._predictors for p in iteration])
     splits = nodes[~nodes["is_leaf"].astype(bool)][:200]
     rows = np.zeros((len(splits), 8))
     rows[np.arange(len(splits)), splits["feature_idx"]] = splits["num_threshold"]
     assert np.array_equal(compiled.predict(rows), regressor.predict(rows))
+
+
+# The kernel walks rows in blocks of 256: sizes on each side of a block's edge, and none at all.
+@pytest.mark.parametrize("rows", [0, 1, 255, 256, 257, 1000, 2049])
+def test_the_native_kernel_is_exact_for_any_number_of_rows_in_any_memory_layout(regressor, rows):
+    compiled = _compiled(regressor, native=True)
+    houses = np.random.default_rng(rows).normal(scale=2.0, size=(rows, 8))
+    expected = regressor.predict(houses) if rows else np.empty(0)
+    assert np.array_equal(compiled.predict(houses), expected)
+    assert np.array_equal(compiled.predict(np.asfortranarray(houses)), expected)
+    interleaved = np.full((rows, 16), np.nan)
+    interleaved[:, ::2] = houses
+    assert np.array_equal(compiled.predict(interleaved[:, ::2]), expected)  # a view, every other column
+
+
+def test_rows_missing_a_column_the_trees_split_on_are_refused_not_read_past(regressor):
+    compiled = _compiled(regressor, native=True)
+    with pytest.raises(ValueError, match="at least 8 columns"):
+        compiled.predict(np.zeros((3, 7)))
+    with pytest.raises(ValueError, match="at least 8 columns"):
+        compiled.predict(np.zeros(8))
 
 
 def test_a_forest_behind_rotated_coordinates_is_compiled_with_the_transform_and_stays_exact(training_data):
@@ -96,8 +133,8 @@ def _prepared(spec: ServiceSpec, estimator: object, small_batch_rows: int) -> Lo
 
 
 def test_housing_preparation_attaches_the_fast_path_only_when_enabled(regressor):
-    assert _prepared(HOUSING, regressor, small_batch_rows=16).small_batch_predict is not None
-    assert _prepared(HOUSING, regressor, small_batch_rows=0).small_batch_predict is None
+    assert _prepared(HOUSING, regressor, small_batch_rows=16).fast_path is not None
+    assert _prepared(HOUSING, regressor, small_batch_rows=0).fast_path is None
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +176,8 @@ def test_iris_preparation_attaches_the_fast_path_and_it_answers_the_same(iris_da
     features, target = iris_data
     pipeline = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression(C=10, max_iter=1000))])
     prepared = _prepared(IRIS, pipeline.fit(features, target), small_batch_rows=16)
-    assert prepared.small_batch_predict is not None
-    assert np.array_equal(prepared.small_batch_predict(features[:16]), pipeline.predict_proba(features[:16]))
+    assert prepared.fast_path is not None
+    assert np.array_equal(prepared.fast_path(features[:16]), pipeline.predict_proba(features[:16]))
 
 
 def test_a_built_server_gives_both_services_their_fast_paths(regressor, iris_data):
@@ -150,8 +187,8 @@ def test_a_built_server_gives_both_services_their_fast_paths(regressor, iris_dat
     pipeline = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression(C=10, max_iter=1000))])
     registry.register("IrisBestModel", pipeline.fit(features, target), alias="champion")
     with running_server(registry) as server:
-        assert server.store.get(ModelSlot.HOUSING).champion.small_batch_predict is not None
-        assert server.store.get(ModelSlot.IRIS).champion.small_batch_predict is not None
+        assert server.store.get(ModelSlot.HOUSING).champion.fast_path is not None
+        assert server.store.get(ModelSlot.IRIS).champion.fast_path is not None
 
 
 # Served answers, seen by a gRPC client of a real server: which path answered, and that it was exact.
@@ -231,14 +268,21 @@ def test_a_fast_path_that_disagrees_with_scikit_learn_is_refused_and_scikit_lear
     assert (tampered_forest.calls, tampered_logistic.calls) == proved, "a refused fast path answered a request"
 
 
-def test_requests_up_to_the_small_batch_limit_are_answered_by_the_fast_paths_and_not_by_scikit_learn(
-    regressor, iris_pipeline, monkeypatch
+@pytest.mark.parametrize("native", WALKS)
+def test_requests_are_answered_by_the_fast_paths_and_not_by_scikit_learn_up_to_their_size_limit(
+    regressor, iris_pipeline, monkeypatch, native
 ):
+    if native:
+        FOREST_KERNEL.require()
+    else:  # a server installed without a C compiler
+        monkeypatch.setattr("server.fast_paths.load_forest_kernel", lambda: None)
     compiled_forest = CallCounter(monkeypatch, CompiledForest, "predict")
     compiled_logistic = CallCounter(monkeypatch, CompiledLogistic, "predict_proba")
     boosting = CallCounter(monkeypatch, HistGradientBoostingRegressor, "predict")
     pipeline = CallCounter(monkeypatch, Pipeline, "predict_proba")
     with running_server(_served(regressor, iris_pipeline)) as server, channel_to(server) as channel:
+        assert server.store.get(ModelSlot.HOUSING).champion.fast_path_any_size is native
+        assert server.store.get(ModelSlot.IRIS).champion.fast_path_any_size is False
         housing = housing_pb2_grpc.HousingPredictorStub(channel)
         iris = iris_pb2_grpc.IrisClassifierStub(channel)
         limit = server.settings.small_batch_rows
@@ -253,8 +297,42 @@ def test_requests_up_to_the_small_batch_limit_are_answered_by_the_fast_paths_and
         iris.ClassifyBatch(iris_pb2.IrisBatchRequest(instances=[_flower_message(row) for row in FLOWERS]))
         assert [counter.calls for counter in counters] == [2, 2, 0, 0]
 
-        housing.PredictBatch(housing_pb2.HousingBatchRequest(instances=_house_messages(_houses(limit + 1))))
+        # Past the limit: the native kernel still answers housing; the numpy walk and the logistic path do not.
+        large = _houses(limit + 1)  # and below PREDICTOR_SPLIT_BATCH_ROWS: one call, on the request's thread
+        answers = housing.PredictBatch(housing_pb2.HousingBatchRequest(instances=_house_messages(large)))
         iris.ClassifyBatch(
             iris_pb2.IrisBatchRequest(instances=[_flower_message(FLOWERS[n % 4]) for n in range(limit + 1)])
         )
-        assert [counter.calls for counter in counters] == [2, 2, 1, 1]
+        assert [counter.calls for counter in counters] == ([3, 2, 0, 1] if native else [2, 2, 1, 1])
+    assert [answer.median_house_value for answer in answers.predictions] == regressor.predict(large).tolist()
+
+
+def test_a_large_batch_on_the_native_kernel_is_split_over_the_cores_and_the_part_threads_stop_with_the_server(
+    regressor, iris_pipeline, monkeypatch
+):
+    FOREST_KERNEL.require()
+    threads: list[str] = []
+    original = CompiledForest.predict
+
+    def recorded(instance: CompiledForest, values: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return original(instance, values)
+
+    monkeypatch.setattr(CompiledForest, "predict", recorded)
+    with running_server(_served(regressor, iris_pipeline)) as server, channel_to(server) as channel:
+        split_rows = server.settings.split_batch_rows
+        assert split_rows is not None
+        housing = housing_pb2_grpc.HousingPredictorStub(channel)
+        large = _houses(split_rows)
+        threads.clear()
+        answers = housing.PredictBatch(housing_pb2.HousingBatchRequest(instances=_house_messages(large)))
+        split = list(threads)
+        threads.clear()
+        housing.PredictBatch(housing_pb2.HousingBatchRequest(instances=_house_messages(large[:-1])))
+        whole = list(threads)
+        (part_pool,) = [pool for pool in server.executors if pool._thread_name_prefix == "part"]
+    assert [answer.median_house_value for answer in answers.predictions] == regressor.predict(large).tolist()
+    cores = len(os.sched_getaffinity(0))
+    assert len(split) == cores and len({name.split("_")[0] for name in split}) == min(cores, 2), split
+    assert len(whole) == 1, "a batch below PREDICTOR_SPLIT_BATCH_ROWS was split"
+    assert part_pool._shutdown

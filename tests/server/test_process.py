@@ -61,7 +61,7 @@ def test_server_process_serves_then_stops_cleanly_on_sigterm(server_process: Pro
 
 # Calls that are genuinely slow with the real model: large batches through scikit-learn, one at a time
 # (PREDICTOR_MAX_CONCURRENT_PREDICTIONS=1), so the later ones queue for the prediction slot.
-DRAIN_CALLS = 6
+DRAIN_CALLS = 10
 ROWS_PER_CALL = 50_000
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -85,6 +85,11 @@ def _draining_server(trained_registry: TrainingSettings, grace_seconds: float) -
         "PREDICTOR_METRICS_HOST": "127.0.0.1",
         "PREDICTOR_METRICS_PORT": "0",
         "PREDICTOR_GRACE_SECONDS": str(grace_seconds),
+        # No fast path: every batch goes to scikit-learn, one call at a time, so the calls queue for seconds; and no
+        # prediction log, whose writer would hold the GIL for seconds encoding their rows, delaying the signal's
+        # handling and the health watch past the calls' ends.
+        "PREDICTOR_SMALL_BATCH_ROWS": "0",
+        "PREDICTOR_PREDICTION_LOG": "false",
         "PREDICTOR_MAX_CONCURRENT_PREDICTIONS": "1",
         "PREDICTOR_MAX_BATCH_SIZE": str(ROWS_PER_CALL),
         "PREDICTOR_MAX_WORKERS": str(DRAIN_CALLS + 4),

@@ -172,3 +172,77 @@ def test_the_shadow_worker_runs_a_challenger_with_one_openmp_thread_too():
         wait_until(lambda: any(thread == "shadow" for _, _, thread in probe.seen), "the challenger shadows a call")
     shadowed = [threads for _, threads, thread in probe.seen if thread == "shadow"]
     assert shadowed and set(shadowed) == {1}, probe.seen
+
+
+# Splitting a batch over idle cores (run_in_parts), as the native forest kernel's batches are.
+
+
+class PartRecorder:
+    """A row-independent predict that records each call's thread and rows, and may hold its calls at a gate."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Semaphore(0)
+        self._lock = threading.Lock()
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.calls.append((threading.current_thread().name, len(values)))
+        self.entered.release()
+        assert self.gate.wait(timeout=60), "never released"
+        answers: np.ndarray = values[:, 0] * 2.0 + values[:, 1]
+        return answers
+
+
+def _runtime_that_splits(rows: int) -> PredictRuntime:
+    runtime = PredictRuntime(parallel_batch_rows=None, split_batch_rows=rows)
+    assert (runtime.part_pool is None) is (CORES == 1)
+    return runtime
+
+
+def test_a_large_batch_is_cut_into_one_part_per_core_whose_answers_join_in_order():
+    runtime = _runtime_that_splits(100)
+    try:
+        recorder = PartRecorder()
+        rows = np.random.default_rng(0).normal(size=(1001, 3))
+        answers = runtime.run_in_parts(recorder, rows)
+        assert np.array_equal(answers, rows[:, 0] * 2.0 + rows[:, 1])
+        threads = [thread for thread, _ in recorder.calls]
+        assert len(recorder.calls) == CORES
+        assert threading.current_thread().name in threads
+        assert sum(part for _, part in recorder.calls) == 1001
+        assert max(part for _, part in recorder.calls) - min(part for _, part in recorder.calls) <= 1
+    finally:
+        if runtime.part_pool is not None:
+            runtime.part_pool.shutdown(wait=True)
+
+
+def test_a_batch_below_the_split_size_or_started_while_the_other_cores_are_taken_runs_whole_on_its_thread():
+    runtime = _runtime_that_splits(100)
+    if runtime.part_pool is None:  # one core: nothing is ever split (the test above checked it)
+        return
+    try:
+        small = PartRecorder()
+        runtime.run_in_parts(small, np.ones((99, 2)))
+        assert small.calls == [(threading.current_thread().name, 99)]
+
+        held = PartRecorder()
+        held.gate.clear()
+        first = threading.Thread(target=runtime.run_in_parts, args=(held, np.ones((1000, 2))), name="first")
+        first.start()
+        try:
+            for _ in range(CORES):  # every part of the first batch started: its helpers are taken
+                assert held.entered.acquire(timeout=30)
+            second = PartRecorder()
+            runtime.run_in_parts(second, np.ones((1000, 2)))
+            assert second.calls == [(threading.current_thread().name, 1000)]
+        finally:
+            held.gate.set()
+            first.join(timeout=30)
+        again = PartRecorder()
+        runtime.run_in_parts(again, np.ones((1000, 2)))
+        assert len(again.calls) == CORES, "the helpers were not given back"
+    finally:
+        runtime.part_pool.shutdown(wait=True)
