@@ -249,6 +249,7 @@ def build_server(
         PredictionLog(
             settings.prediction_log_path,
             queue_size=settings.prediction_log_queue_size,
+            queue_rows=settings.prediction_log_queue_rows,
             batch_rows=settings.prediction_log_batch_rows,
             flush_seconds=settings.prediction_log_flush_seconds,
             max_age_seconds=None

@@ -197,6 +197,12 @@ class ServerSettings(BaseSettings):
         description="Requests waiting for the log's writer; beyond it rows are dropped and counted. Bounds the "
         "backlog's memory: a full 1,000-row batch holds about 165 KB until it is written.",
     )
+    prediction_log_queue_rows: int | None = Field(
+        100_000,
+        ge=1,
+        description="Rows waiting for the log's writer (about 16 MB); beyond it rows are dropped and counted. A "
+        "request larger than this is still taken when nothing else waits. Unset: bounded by the request count alone.",
+    )
     prediction_log_batch_rows: int = Field(1000, ge=1, description="Rows the writer inserts per transaction at most.")
     prediction_log_flush_seconds: float = Field(0.5, gt=0, description="Longest a logged row waits to be written.")
     prediction_log_max_age_days: float | None = Field(

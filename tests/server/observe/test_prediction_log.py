@@ -263,6 +263,22 @@ def test_one_row_per_prediction_with_its_id_version_variant_inputs_and_output(lo
     assert logs.dropped(log) == {}
 
 
+def test_every_finite_float_reads_back_exactly_whatever_its_magnitude_or_layout(logs: Logs) -> None:
+    log = logs.start()
+    awkward = [1e-05, 1e16, 5e-324, 1.7976931348623157e308, -0.0, 0.1 + 0.2, 123456789.00000001, -2.5e-300]
+    rows = np.array([awkward, awkward[::-1], [7.0] * 8, np.random.default_rng(5).normal(size=8).tolist()])
+    interleaved = np.zeros((4, 16))
+    interleaved[:, ::2] = rows
+    event = housing_event(4, inputs=interleaved[:, ::2], outputs=rows[:, 3].copy())  # a strided view, as handed over
+    assert log.offer(event)
+    assert log.close(timeout=30)
+    stored = stored_predictions(log.path)
+    assert stored == expected_rows(event)
+    for row, logged in zip(rows, stored, strict=True):
+        # Bit for bit, sign of zero included.
+        assert np.array_equal(np.array(list(logged.inputs.values())).view(np.int64), row.view(np.int64))
+
+
 def test_get_reads_from_another_thread_while_the_writer_runs(logs: Logs) -> None:
     log = logs.start()
     event = housing_event(3)
@@ -342,6 +358,32 @@ def test_a_blocked_writer_makes_offers_beyond_the_queue_drop_and_count_without_w
     stored = {row["prediction_id"] for row in table(log.path)}
     assert stored == {pid for event in [held, *accepted] for pid in event.prediction_ids}
     assert logs.dropped(log) == {"queue_full": 12}
+
+
+def test_queued_rows_are_bounded_too_and_a_batch_larger_than_the_bound_is_taken_into_an_empty_queue(
+    logs: Logs,
+) -> None:
+    log = logs.start(queue_size=100, queue_rows=10, batch_rows=1, busy_timeout_seconds=300.0)
+    with write_lock_held(log.path):
+        assert log.offer(held := housing_event(1, seed=0))
+        wait_until(lambda: logs.value(log, "prediction_log_queue_events") == 0, "the writer to take the event")
+        # The writer waits for the lock: 10 rows may queue, whatever the number of requests.
+        large = housing_event(25, seed=1)  # alone in an empty queue: taken
+        after_large = housing_event(1, seed=2)  # the queue holds 25 rows: refused
+        assert (log.offer(large), log.offer(after_large)) == (True, False)
+        assert logs.dropped(log) == {"queue_full": 1}
+    wait_until(lambda: logs.written(log) == 26, "the queued rows to be written")
+    # Written rows give their room back: 4 + 6 rows fit, one more row does not.
+    with write_lock_held(log.path):
+        assert log.offer(housing_event(1, seed=3))
+        wait_until(lambda: logs.value(log, "prediction_log_queue_events") == 0, "the writer to take the event")
+        fits = [housing_event(4, seed=4), housing_event(6, seed=5)]
+        assert [log.offer(event) for event in fits] == [True, True]
+        assert not log.offer(housing_event(1, seed=6))
+        assert logs.dropped(log) == {"queue_full": 2}
+    wait_until(lambda: logs.written(log) == 26 + 1 + 10, "the queued rows to be written")
+    stored = {row["prediction_id"] for row in table(log.path)}
+    assert set(held.prediction_ids) | set(large.prediction_ids) <= stored
 
 
 def test_close_writes_everything_queued(logs: Logs) -> None:
