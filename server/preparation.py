@@ -16,8 +16,9 @@ batch: trees are; linear models often are not, since BLAS rounds a product by it
 ``microbatch="auto"`` small requests are coalesced (``server.batching``) only for row-independent versions, so
 coalescing never changes an answer, and only when it pays: the served code is timed on one row and on
 ``COALESCE_PROBE_ROWS`` rows, and one call on those rows must save more than coalescing costs (a queued request's
-wake-up, ``HANDOFF_SECONDS`` a row). A random forest saves milliseconds a row; the exact fast paths cost the same
-per row however many rows they get, so coalescing would only add the hand-offs. Streams group their waiting
+wake-up, ``HANDOFF_SECONDS`` a row). A random forest saves milliseconds a row, and so does gradient boosting on
+the C walk (its cost is mostly per call); the numpy fast paths cost the same per row however many rows they get,
+so coalescing would only add the hand-offs. Streams group their waiting
 messages into one call for row-independent versions only.
 """
 
