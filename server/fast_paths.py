@@ -50,9 +50,7 @@ def compile_fast_path(estimator: Any, method: str) -> FastPath | None:
         forest = CompiledForest.from_estimator(final)
         if forest is None:
             return None
-        if not transforms:
-            return forest.predict
-        return _Composed(transforms, forest.predict)
+        return forest if not transforms else _Composed(transforms, forest)
     if method == "predict_proba":
         logistic = CompiledLogistic.from_estimator(estimator)
         return None if logistic is None else logistic.predict_proba
@@ -83,19 +81,20 @@ class _Composed:
 
     def __init__(self, transforms: list[Callable[[FloatMatrix], FloatMatrix]], final: FastPath) -> None:
         self._transforms = transforms
-        self.final = final
+        self._final = final
+        # The transforms are numpy over whole arrays: the composition is as fast at any size as its model.
+        self.any_size = fast_path_any_size(final)
 
     def __call__(self, values: FloatMatrix) -> FloatMatrix:
         for transform in self._transforms:
             values = transform(values)
-        return self.final(values)
+        return self._final(values)
 
 
 def fast_path_any_size(fast_path: FastPath) -> bool:
-    """Whether ``fast_path`` is faster than scikit-learn for any number of rows, not only a few."""
-    final = fast_path.final if isinstance(fast_path, _Composed) else fast_path
-    owner = getattr(final, "__self__", None)
-    return isinstance(owner, CompiledForest) and owner.any_size
+    """Whether ``fast_path`` is faster than scikit-learn for any number of rows, not only a few (its own
+    ``any_size``; a path without one serves small requests only)."""
+    return bool(getattr(fast_path, "any_size", False))
 
 
 def reproduces(fast_path: FastPath, estimator: Any, method: str, sample: FloatMatrix) -> bool:
@@ -120,8 +119,24 @@ class CompiledForest:
         tree_depths: IndexArray,
         kernel: ForestKernel | None = None,
     ) -> None:
-        # Trees are walked deepest first, so that at each level only a prefix of them is still moving;
-        # their leaf values are put back in the model's order before summing.
+        self._baseline = baseline
+        # A row must have every column a split reads: the kernel indexes rows without bounds checks.
+        self._columns_needed = int(features.max()) + 1
+        self._kernel = kernel
+        if kernel is not None:
+            # Trees in the model's order, indices as the C code declares them.
+            self._kernel_trees = KernelTrees(
+                roots=roots.astype(np.int64),
+                depths=tree_depths.astype(np.int32),
+                features=features.astype(np.int32),
+                thresholds=np.ascontiguousarray(thresholds, dtype=np.float64),
+                children=children.astype(np.int32),
+                leaf_values=np.ascontiguousarray(values, dtype=np.float64),
+                baseline=baseline,
+            )
+            return
+        # The numpy walk. Trees are walked deepest first, so that at each level only a prefix of them is still
+        # moving; their leaf values are put back in the model's order before summing.
         walk_order = np.argsort(-tree_depths, kind="stable")
         self._roots = roots[walk_order]
         self._sum_order = np.argsort(walk_order)
@@ -131,20 +146,6 @@ class CompiledForest:
         # children[2 * node] is the left child, children[2 * node + 1] the right; a leaf points at itself.
         self._children = children
         self._values = values
-        self._baseline = baseline
-        # A row must have every column a split reads: the kernel indexes rows without bounds checks.
-        self._columns_needed = int(features.max()) + 1
-        self._kernel = kernel
-        # The kernel's copies: trees in the model's order, indices as the C code declares them.
-        self._kernel_trees = KernelTrees(
-            roots=roots.astype(np.int64),
-            depths=tree_depths.astype(np.int32),
-            features=features.astype(np.int32),
-            thresholds=np.ascontiguousarray(thresholds, dtype=np.float64),
-            children=children.astype(np.int32),
-            leaf_values=np.ascontiguousarray(values, dtype=np.float64),
-            baseline=baseline,
-        )
 
     @property
     def any_size(self) -> bool:
@@ -192,6 +193,9 @@ class CompiledForest:
             tree_depths=np.array([tree["depth"].max() for tree in trees], dtype=np.intp),
             kernel=load_forest_kernel() if native else None,
         )
+
+    def __call__(self, values: FloatMatrix) -> FloatMatrix:
+        return self.predict(values)
 
     def predict(self, values: FloatMatrix) -> FloatMatrix:
         if values.ndim != 2 or values.shape[1] < self._columns_needed:

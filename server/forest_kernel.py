@@ -44,7 +44,8 @@ class KernelTrees(NamedTuple):
 
 
 class ForestKernel:
-    """``forest_predict`` of the compiled library, with the array checks that keep it in bounds."""
+    """``forest_predict`` of the compiled library. The caller (``CompiledForest``) checks that rows have every
+    column the trees split on: the C code reads them without bounds checks."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._predict = library.forest_predict

@@ -17,7 +17,8 @@ from model_registry.memory import InMemoryRegistry
 from protos.prediction.v1 import housing_pb2, housing_pb2_grpc, iris_pb2, iris_pb2_grpc
 from server.domain import LoadedModel
 from server.execution import ModelRunner
-from server.fast_paths import CompiledForest, CompiledLogistic, compile_fast_path, reproduces
+from server.fast_paths import CompiledForest, CompiledLogistic, compile_fast_path, fast_path_any_size, reproduces
+from server.forest_kernel import load_forest_kernel
 from server.model_store import ModelSlot
 from server.preparation import ModelPreparer
 from server.runtime import PredictRuntime
@@ -106,6 +107,8 @@ def test_a_forest_behind_rotated_coordinates_is_compiled_with_the_transform_and_
     rows = features[:300] * np.random.default_rng(4).uniform(0.9, 1.1, size=(300, 8))
     assert np.array_equal(fast(rows), pipeline.predict(rows))
     assert fast(rows[:1])[0] == pipeline.predict(rows[:1])[0]
+    # The transform is numpy over whole arrays: the composition takes every size when its forest does.
+    assert fast_path_any_size(fast) is (load_forest_kernel() is not None)
     # Only known transforms run as they are; anything else in front of the forest stays on scikit-learn.
     scaled = Pipeline([("scale", MinMaxScaler()), ("regressor", HistGradientBoostingRegressor(max_iter=5))])
     assert compile_fast_path(scaled.fit(features, target), "predict") is None
