@@ -103,8 +103,9 @@ def main() -> int:
     if watcher is not None:
         watcher.join()
     failed = {name: code for name, code in codes.items() if code not in (0, -signal.SIGTERM, -signal.SIGINT)}
-    if failed and not stopping:
-        print(f"stopped because a process exited: {failed}", file=sys.stderr)
+    if failed:
+        reason = "while stopping" if stopping else "and stopped the others"
+        print(f"exited with an error {reason}: {failed}", file=sys.stderr)
     return 1 if failed else 0
 
 

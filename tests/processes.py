@@ -62,6 +62,10 @@ class Process:
 
     def terminate(self, timeout: float = 20) -> int:
         self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, once the process has exited and its last line is in ``lines``."""
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return code

@@ -44,7 +44,7 @@ def test_server_and_bridge_run_together_on_free_ports_and_ctrl_c_stops_both(
         stack.wait_for(re.compile(rf"bridging to gRPC target localhost:{grpc_port}$"))
 
         stack.interrupt_group()
-        assert stack.process.wait(timeout=40) == 0, "".join(stack.lines)
+        assert stack.wait(timeout=40) == 0, "".join(stack.lines)
         stack.wait_for(re.compile(r"server stopped"))
         stack.wait_for(re.compile(r"Application shutdown complete"))
     finally:
