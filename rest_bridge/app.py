@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from rest_bridge.admin_routes import add_admin_routes
 from rest_bridge.docs import install_offline_docs
 from rest_bridge.errors import install_error_handlers
+from rest_bridge.json_body import OrjsonRoute
 from rest_bridge.metrics import BridgeMetrics
 from rest_bridge.middleware import BodySizeLimitMiddleware, RequestContextMiddleware, cors_options
 from rest_bridge.routes import add_routes
@@ -55,6 +56,7 @@ def create_app(settings: BridgeSettings, metrics_registry: CollectorRegistry | N
         # through its own Prometheus metrics and logs, so they are off.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
+    app.router.route_class = OrjsonRoute  # before any route is added: each takes the class it is added with
     add_routes(app, upstream, metrics)
     add_admin_routes(app, upstream)
     install_error_handlers(app)

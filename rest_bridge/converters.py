@@ -73,7 +73,10 @@ def housing_features_to_proto(features: schemas.HousingFeatures) -> housing_pb2.
 
 
 def housing_batch_to_proto(batch: schemas.HousingBatchRequest) -> housing_pb2.HousingBatchRequest:
-    return housing_pb2.HousingBatchRequest(**batch.model_dump())
+    # A validated model's __dict__ is its fields, nothing else (extra fields are refused): protobuf reads those
+    # dicts as they are, where model_dump would first copy the whole batch (0.75 against 2.0 ms for 1,000 rows).
+    # protobuf takes a dict for a message field; its stubs declare only the message type.
+    return housing_pb2.HousingBatchRequest(instances=[each.__dict__ for each in batch.instances])  # type: ignore[misc]
 
 
 def housing_columns_to_proto(columns: schemas.HousingColumns) -> housing_pb2.HousingColumns:
@@ -86,7 +89,7 @@ def iris_features_to_proto(features: schemas.IrisFeatures) -> iris_pb2.IrisFeatu
 
 
 def iris_batch_to_proto(batch: schemas.IrisBatchRequest) -> iris_pb2.IrisBatchRequest:
-    return iris_pb2.IrisBatchRequest(**batch.model_dump())
+    return iris_pb2.IrisBatchRequest(instances=[each.__dict__ for each in batch.instances])  # type: ignore[misc]
 
 
 def iris_columns_to_proto(columns: schemas.IrisColumns) -> iris_pb2.IrisColumns:
@@ -113,16 +116,19 @@ def housing_prediction_from_proto(message: housing_pb2.HousingPrediction) -> sch
 
 
 def housing_batch_from_proto(message: housing_pb2.HousingBatchPrediction) -> schemas.HousingBatchPrediction:
-    return schemas.HousingBatchPrediction(
-        predictions=[
-            schemas.HousingValue(
-                median_house_value=value.median_house_value,
-                median_house_value_usd=value.median_house_value_usd,
-                prediction_id=value.prediction_id,
-            )
-            for value in message.predictions
-        ],
-        model=model_version_from_proto(message.model),
+    # One validation of plain dicts in pydantic's core: a model built per row costs about twice as much.
+    return schemas.HousingBatchPrediction.model_validate(
+        {
+            "predictions": [
+                {
+                    "median_house_value": value.median_house_value,
+                    "median_house_value_usd": value.median_house_value_usd,
+                    "prediction_id": value.prediction_id,
+                }
+                for value in message.predictions
+            ],
+            "model": model_version_from_proto(message.model),
+        }
     )
 
 
@@ -191,18 +197,25 @@ def iris_prediction_from_proto(message: iris_pb2.IrisPrediction) -> schemas.Iris
 
 
 def iris_batch_from_proto(message: iris_pb2.IrisBatchPrediction) -> schemas.IrisBatchPrediction:
-    return schemas.IrisBatchPrediction(
-        classifications=[
-            schemas.IrisClassification(
-                species=species_from_proto(each.species),
-                species_name=each.species_name,
-                probabilities=_probabilities(each.probabilities),
-                confidence=each.confidence,
-                prediction_id=each.prediction_id,
-            )
-            for each in message.classifications
-        ],
-        model=model_version_from_proto(message.model),
+    # As for housing batches: plain dicts, validated in one call.
+    return schemas.IrisBatchPrediction.model_validate(
+        {
+            "classifications": [
+                {
+                    "species": species_from_proto(each.species),
+                    "species_name": each.species_name,
+                    "probabilities": {
+                        "setosa": each.probabilities.setosa,
+                        "versicolor": each.probabilities.versicolor,
+                        "virginica": each.probabilities.virginica,
+                    },
+                    "confidence": each.confidence,
+                    "prediction_id": each.prediction_id,
+                }
+                for each in message.classifications
+            ],
+            "model": model_version_from_proto(message.model),
+        }
     )
 
 
