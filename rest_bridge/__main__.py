@@ -15,7 +15,16 @@ logger = logging.getLogger(__name__)
 
 def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
     logger.info("received %s: stopped", signal.Signals(signum).name)
+    # uvicorn re-raises every signal it caught, and Ctrl-C under scripts/serve_all.py brings two (the terminal's
+    # SIGINT and serve_all's SIGTERM): a second SystemExit, raised while the first unwinds the event loop,
+    # would break its shutdown and end the process with 1.
+    signal.signal(signal.SIGTERM, _already_stopping)
+    signal.signal(signal.SIGINT, _already_stopping)
     raise SystemExit(0)
+
+
+def _already_stopping(_signum: int, _frame: FrameType | None) -> None:
+    return
 
 
 def main() -> None:

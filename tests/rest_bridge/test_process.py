@@ -1,10 +1,15 @@
 """End to end: ``python -m server`` and ``python -m rest_bridge`` as real processes, one request through."""
 
 import re
+import signal
 import time
+from collections.abc import Callable
+from types import FrameType
 
 import httpx
+import pytest
 
+from rest_bridge import __main__ as bridge_main
 from training.settings import TrainingSettings
 
 from ..processes import started
@@ -58,3 +63,17 @@ def test_bridge_and_server_processes_serve_a_request_and_stop_cleanly(trained_re
         assert server.terminate() == 0
         server.wait_for(re.compile(r"server stopped"))
         server.wait_for(re.compile(r"/prediction.v1.IrisClassifier/Classify OK [\d.]+ms request_id=e2e-request-1"))
+
+
+def test_a_signal_that_comes_while_the_bridge_stops_is_ignored(monkeypatch):
+    # Ctrl-C under scripts/serve_all.py brings the terminal's SIGINT and, a moment later, serve_all's SIGTERM.
+    # uvicorn re-raises the first once it has shut down; the second can land while that SystemExit unwinds the
+    # event loop, and raising again there broke the loop's close and ended the bridge with 1.
+    installed: dict[int, Callable[[int, FrameType | None], object]] = {}
+    monkeypatch.setattr(signal, "signal", installed.__setitem__)
+    with pytest.raises(SystemExit) as stopped:
+        bridge_main._exit_cleanly(signal.SIGINT, None)
+    assert stopped.value.code == 0
+    assert set(installed) == {signal.SIGINT, signal.SIGTERM}
+    for signum, handler in installed.items():
+        handler(signum, None)  # neither raises nor exits
