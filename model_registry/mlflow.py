@@ -5,8 +5,10 @@ whatever sqlalchemy or requests raised; ``_translate`` is the one place that tur
 errors, so "the registry is down" is never mistaken for "no version has this alias".
 """
 
+import importlib
 import json
 import logging
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -33,6 +35,28 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # MLflow's error codes that mean "the registry answered: no such thing".
 _NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
+# What this registry imports on first use (lazily: `import mlflow` costs over a second); pandas comes with MLflow.
+MLFLOW_MODULES = ("pandas", "mlflow", "mlflow.artifacts", "mlflow.models", "mlflow.sklearn")
+
+
+def import_mlflow_without_pyarrow() -> None:
+    """Import what this registry uses while pyarrow looks absent, so that Arrow is never loaded.
+
+    pandas imports pyarrow whenever it is installed, and so does MLflow's HDFS artifact store; MLflow depends
+    on pyarrow, so it always is installed. Nothing a registry call or a served model uses Arrow, and its
+    libraries cost about 35 MB of RSS. A None entry in ``sys.modules`` makes those imports fail at once (both
+    expect ImportError and go on without it). The entry is removed afterwards: scikit-learn takes
+    ``"pyarrow" in sys.modules`` to mean that pyarrow is loaded, and anything that imports pyarrow later gets
+    the real one. Call it before starting threads that could import something meanwhile.
+    """
+    if "pyarrow" in sys.modules:
+        return
+    sys.modules["pyarrow"] = None  # type: ignore[assignment]
+    try:
+        for module in MLFLOW_MODULES:
+            importlib.import_module(module)
+    finally:
+        del sys.modules["pyarrow"]
 
 
 class MlflowRegistry:

@@ -1,17 +1,16 @@
 """``python -m server``: serve both models until SIGTERM or SIGINT."""
 
 import ctypes
-import importlib
 import logging
 import os
 import signal
-import sys
 import threading
 from types import FrameType
 
-from model_registry.mlflow import MlflowRegistry
+from model_registry.mlflow import MlflowRegistry, import_mlflow_without_pyarrow
 from server.app import build_server
 from server.logs import configure_logging
+from server.runtime import available_cores
 from server.settings import ServerSettings
 from server.tls import TlsConfigurationError
 
@@ -43,7 +42,7 @@ def serve(settings: ServerSettings) -> None:
     # An unreachable tracking server must fail a poll in seconds, not after MLflow's minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(settings.registry_timeout_seconds))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    import_serving_libraries_without_pyarrow()
+    import_mlflow_without_pyarrow()  # before any thread starts: see its docstring
 
     registry = MlflowRegistry(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
     # Retrain children start from this process's environment (PATH, SCIKIT_LEARN_DATA, TRAINING_* settings).
@@ -81,31 +80,7 @@ def limit_malloc_arenas() -> None:
         return  # glibc has read it itself
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # not glibc (musl, macOS): nothing to limit
     if mallopt is not None:
-        mallopt(M_ARENA_MAX, len(os.sched_getaffinity(0)) or 1)
-
-
-# What the registry imports when it first loads a model (model_registry.mlflow), imported up front instead.
-SERVING_LIBRARIES = ("pandas", "mlflow", "mlflow.artifacts", "mlflow.models", "mlflow.sklearn")
-
-
-def import_serving_libraries_without_pyarrow() -> None:
-    """Import MLflow and pandas while pyarrow looks absent, so that neither loads Arrow.
-
-    pandas imports pyarrow whenever it is installed, and so does MLflow's HDFS artifact store; MLflow depends
-    on pyarrow, so it always is installed. Nothing the server does uses Arrow, and its libraries cost about
-    35 MB of RSS. A None entry in ``sys.modules`` makes those imports fail at once (both expect ImportError
-    and go on without it). The entry is removed afterwards: scikit-learn takes ``"pyarrow" in sys.modules``
-    to mean that pyarrow is loaded, and anything that imports pyarrow later gets the real one. This runs
-    before the server starts any thread that could import something meanwhile.
-    """
-    if "pyarrow" in sys.modules:
-        return
-    sys.modules["pyarrow"] = None  # type: ignore[assignment]
-    try:
-        for module in SERVING_LIBRARIES:
-            importlib.import_module(module)
-    finally:
-        del sys.modules["pyarrow"]
+        mallopt(M_ARENA_MAX, available_cores())
 
 
 if __name__ == "__main__":

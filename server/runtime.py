@@ -33,6 +33,11 @@ from server.domain import FloatMatrix
 T = TypeVar("T")
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a container's CPU set), not every core of the host."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
 class PredictRuntime:
     def __init__(
         self, parallel_batch_rows: int | None, max_concurrent_calls: int = 0, split_batch_rows: int | None = None
@@ -46,8 +51,7 @@ class PredictRuntime:
 
         self._parallel_batch_rows = parallel_batch_rows
         self._controller = ThreadpoolController()
-        # The cores this process may run on (a container's CPU set), not every core of the host.
-        self._all_cores = len(os.sched_getaffinity(0)) or 1
+        self._all_cores = available_cores()
         self.call_slots = max_concurrent_calls or self._all_cores
         self._call_slots = threading.BoundedSemaphore(self.call_slots)
         self._running = 0
