@@ -1,6 +1,7 @@
 """``python -m server``: serve both models until SIGTERM or SIGINT."""
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 def main() -> int:
     limit_malloc_arenas()
+    gc.disable()  # until start-up is done: see settle_start_up_objects()
     settings = ServerSettings()
     log_listener = configure_logging(settings.log_level)
     try:
@@ -58,10 +60,28 @@ def serve(settings: ServerSettings) -> None:
 
     server.start()
     loaded = server.load_models()
+    settle_start_up_objects()
     if not any(loaded.values()):
         logger.error("no model could be loaded; serving health and reflection only")
     stop_requested.wait()
     server.stop()
+
+
+def settle_start_up_objects() -> None:
+    """Take what start-up made out of the cyclic garbage collector's sight, then let it run again.
+
+    Start-up leaves about 360,000 objects that live as long as the process: the modules of MLflow, pandas,
+    scikit-learn and grpcio, the registry client, the loaded models. The collector's full (oldest generation)
+    collections walk every tracked object with the GIL held: while serving, each took 230-310 ms, about every
+    10 s under load, and every call waited for it. Frozen (``gc.freeze``), those objects are never walked
+    again: a full collection takes 1-4 ms, and the exit after SIGTERM 0.1 s instead of about 1 s. While
+    start-up imports and loads, the collector is off (``main``): its collections there cost 0.6 s, against
+    0.4 s for the one collection here. Versions loaded later stay collectable, and a version swapped out is
+    freed by reference counting alone.
+    """
+    gc.collect()  # once, so that the garbage start-up left (about 7,000 objects) is freed, not frozen for good
+    gc.freeze()
+    gc.enable()
 
 
 # glibc's mallopt parameter for the most malloc arenas (malloc.h).

@@ -4,6 +4,7 @@ Train and register; ``--skip-if-served`` leaves alone a model whose alias is alr
 """
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from data.raw import DataError
 from model_registry import RegistryError
+from model_registry.mlflow import SKOPS_MODULE
 from training.hyperparameters import HYPERPARAMETERS, HyperparameterError, validate_overrides
 from training.outcome import write_outcome
 from training.settings import TrainingSettings
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     # mlflow decides about telemetry while it is imported and reads only the environment for it, so the
     # entry point sets the variable before the first mlflow import; settings cannot reach it in time.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    importlib.import_module(SKOPS_MODULE)  # first, while few modules are loaded: see SKOPS_MODULE
     from training.pipeline import TRAINERS, served_version  # noqa: PLC0415
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

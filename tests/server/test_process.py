@@ -1,5 +1,6 @@
 """``python -m server`` as a real process: configured by environment, serving, stopping on SIGTERM."""
 
+import json
 import os
 import re
 import signal
@@ -309,3 +310,48 @@ def test_the_server_process_keeps_one_malloc_arena_per_core():
     assert arenas("limited") <= cores
     # glibc's default, for contrast: each of the eight threads takes an arena of its own.
     assert arenas("default") > cores
+
+
+# The entry point itself, in a child, watched from a thread of its own: once start-up has frozen what it made,
+# what the collector still walks, then SIGTERM.
+WATCH_THE_COLLECTOR = """
+import gc, json, os, signal, sys, threading, time
+from server.__main__ import main
+def watch():
+    deadline = time.monotonic() + 60
+    while gc.get_freeze_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few calls' worth of objects made after the freeze
+    seen = {"frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects()), "enabled": gc.isenabled()}
+    print(json.dumps(seen), file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=watch, daemon=True).start()
+sys.exit(main())
+"""
+
+
+def test_the_served_process_keeps_its_start_up_objects_out_of_the_collectors_full_walks(
+    trained_registry: TrainingSettings, tmp_path: Path
+):
+    environment = {
+        **os.environ,
+        "PREDICTOR_STATE_DIR": str(tmp_path / "state"),
+        "PREDICTOR_PREDICTION_LOG_PATH": str(tmp_path / "predictions.db"),
+        "MLFLOW_TRACKING_URI": trained_registry.mlflow_tracking_uri,
+        "PREDICTOR_HOST": "127.0.0.1",
+        "PREDICTOR_PORT": "0",
+        "PREDICTOR_METRICS_HOST": "127.0.0.1",
+        "PREDICTOR_METRICS_PORT": "0",
+    }
+    command = [sys.executable, "-c", WATCH_THE_COLLECTOR]
+    child = subprocess.run(
+        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "iris serving IrisBestModel version 1" in child.stderr
+    seen = json.loads(next(line for line in child.stderr.splitlines() if line.startswith('{"frozen"')))
+    # Both models loaded: hundreds of thousands of objects that a full collection no longer walks, and the
+    # collector running again for what serving makes.
+    assert seen["frozen"] > 200_000, seen
+    assert seen["tracked"] < seen["frozen"] / 10, seen
+    assert seen["enabled"], seen
