@@ -49,14 +49,17 @@ CREATE TABLE IF NOT EXISTS feedback (
     label         REAL NOT NULL,
     received_at   REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS feedback_received_at ON feedback (received_at);
 """
 _LOOKUP: Final = (
     "SELECT p.service, p.model, p.version, p.variant, p.output, f.label FROM predictions AS p "
     "LEFT JOIN feedback AS f ON f.prediction_id = p.prediction_id WHERE p.prediction_id = ?"
 )
+# Newest labels first, each looked up in the log by its id: CROSS JOIN keeps SQLite from the other order, a
+# scan of every logged prediction (1.6 s per version at start-up with 5 million rows and no label at all).
 _RECENT: Final = (
     "SELECT p.variant, p.output, f.label, f.received_at FROM feedback AS f "
-    "JOIN predictions AS p ON p.prediction_id = f.prediction_id WHERE p.model = ? AND p.version = ? "
+    "CROSS JOIN predictions AS p ON p.prediction_id = f.prediction_id WHERE p.model = ? AND p.version = ? "
     "ORDER BY f.received_at DESC LIMIT ?"
 )
 FLUSH_SECONDS: Final = 2.0
