@@ -1,7 +1,11 @@
 """End to end: ``python -m server`` and ``python -m rest_bridge`` as real processes, one request through."""
 
+import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -12,6 +16,7 @@ import pytest
 from rest_bridge import __main__ as bridge_main
 from training.settings import TrainingSettings
 
+from ..prerequisites import REPO_ROOT
 from ..processes import started
 from .conftest import IRIS
 
@@ -77,3 +82,36 @@ def test_a_signal_that_comes_while_the_bridge_stops_is_ignored(monkeypatch):
     assert set(installed) == {signal.SIGINT, signal.SIGTERM}
     for signum, handler in installed.items():
         handler(signum, None)  # neither raises nor exits
+
+
+# The entry point itself, in a child, watched from a thread: once uvicorn serves, what the collector still walks.
+WATCH_THE_COLLECTOR = """
+import gc, json, os, signal, sys, threading, time
+from rest_bridge.__main__ import main
+def watch():
+    deadline = time.monotonic() + 60
+    while gc.get_freeze_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    print(json.dumps({"frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects())}), file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=watch, daemon=True).start()
+main()
+"""
+
+
+def test_the_bridge_process_keeps_its_start_up_objects_out_of_the_collectors_full_walks():
+    environment = {
+        **os.environ,
+        "BRIDGE_HOST": "127.0.0.1",
+        "BRIDGE_PORT": "0",
+        "BRIDGE_GRPC_TARGET": "127.0.0.1:9",  # never called: the bridge starts without its server
+    }
+    command = [sys.executable, "-c", WATCH_THE_COLLECTOR]
+    child = subprocess.run(
+        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    seen = json.loads(next(line for line in child.stderr.splitlines() if line.startswith('{"frozen"')))
+    assert seen["frozen"] > 50_000, seen
+    assert seen["tracked"] < seen["frozen"] / 4, seen
