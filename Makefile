@@ -69,8 +69,10 @@ check: install proto-check
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
+# Python caches the project's compiled modules even where the environment says not to (PYTHONDONTWRITEBYTECODE):
+# the suite starts about 40 Python processes (servers, bridges, training children), each compiling them again.
 pytest: install
-	$(BIN)/pytest
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest
 
 test: check pytest
 

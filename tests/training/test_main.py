@@ -1,3 +1,4 @@
+import gc
 import json
 import shutil
 import subprocess
@@ -124,3 +125,37 @@ def test_result_file_holds_the_outcome(environment: Path, capsys: pytest.Capture
     assert second["champion_metrics"] == {key: first["metrics"][key] for key in ("accuracy", "macro_f1")}
     assert second["reason"] == capsys.readouterr().out.splitlines()[-1].split("not promoted to @champion: ")[1]
     assert [path.name for path in result.parent.iterdir()] == ["iris.json"]  # no temporary file left behind
+
+
+# ``python -m training`` itself, in a child: what its garbage collector looks like once the training is done.
+RUN_AND_REPORT_THE_COLLECTOR = """
+import gc, json, runpy, sys
+sys.argv = ["training", "--model", "iris", "--max-rows", "500"]
+try:
+    runpy.run_module("training", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "frozen": gc.get_freeze_count(), "enabled": gc.isenabled()}))
+"""
+
+
+def test_the_training_process_freezes_what_its_imports_made_and_collects_the_rest(environment: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", RUN_AND_REPORT_THE_COLLECTOR],
+        cwd=environment,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    seen = json.loads(finished.stdout.splitlines()[-1])
+    assert seen["code"] == 0, finished.stderr[-3000:]
+    # MLflow's, scikit-learn's and pandas' objects out of the full walks; the collector on for what training makes.
+    assert seen["frozen"] > 100_000, seen
+    assert seen["enabled"], seen
+    # Called in process (as these tests do), main leaves the caller's collector alone.
+    frozen_here = gc.get_freeze_count()
+    assert main(["--model", "iris", "--max-rows", "500"]) == 0
+    assert gc.get_freeze_count() == frozen_here
+    assert gc.isenabled()
