@@ -4,12 +4,16 @@ Each test works on its own copy of the session's trained registry (the SQLite fi
 are shared and only read), so that registering versions and moving aliases leaves other tests alone.
 """
 
+import gc
+import weakref
+
 import grpc
 import pytest
 from mlflow import MlflowClient
 
 from model_registry.mlflow import MlflowRegistry
 from protos.prediction.v1 import admin_pb2, admin_pb2_grpc, iris_pb2, iris_pb2_grpc, model_pb2
+from server.model_store import ModelSlot
 from training.settings import TrainingSettings
 
 from .conftest import channel_to, mlflow_server_on, running_server, wait_until
@@ -174,3 +178,31 @@ def test_rollback_after_a_restart_serves_the_previous_champion(registry_copy):
         assert (back.previous_version, back.version) == (second, "1")
         wait_until(lambda: _served_iris(channel) == "1", "the previous champion is served")
     assert str(client.get_registered_model("IrisBestModel").aliases["champion"]) == "1"
+
+
+def test_a_version_swapped_out_is_freed_by_reference_counting_while_the_start_up_heap_is_frozen(registry_copy):
+    # python -m server freezes what start-up made (server.__main__.settle_start_up_objects): whatever of a served
+    # version gets frozen is never collected as cyclic garbage, so once swapped out it must go by refcount alone.
+    client = _client(registry_copy)
+    with (
+        mlflow_server_on(registry_copy.mlflow_tracking_uri, model_poll_seconds=0.1) as server,
+        channel_to(server) as channel,
+    ):
+        for _ in range(20):
+            _served_iris(channel)  # answered, logged and offered to drift, as in production
+        served = server.store.get(ModelSlot.IRIS).champion
+        estimator = weakref.ref(served.estimator)
+        del served
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            second = _register_copy_of_v1(registry_copy, "IrisBestModel")
+            client.set_registered_model_alias("IrisBestModel", "champion", second)
+            wait_until(lambda: _served_iris(channel) == second, "the new version is served")
+            assert server.observers.drift is not None
+            server.observers.drift.refresh()  # its queue held the old version's last calls
+            assert estimator() is None, "the swapped-out estimator is still referenced"
+        finally:
+            gc.unfreeze()
+            gc.enable()
