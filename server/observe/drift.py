@@ -133,6 +133,8 @@ class DriftMonitor:
         self._queue_events = queue_events
         self._pending: deque[tuple[LoadedModel, FloatMatrix, FloatMatrix, float]] = deque()
         self._windows: dict[_Key, _Window] = {}
+        # Versions swapped out, whose calls still in flight at the swap may offer rows afterwards: dropped.
+        self._retired: set[_Key] = set()
         # Serialises the worker, reports and retirement; the request path never takes it.
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -222,6 +224,8 @@ class DriftMonitor:
             model, inputs, outputs, at = pending.popleft()
             ref = model.description.ref
             key = (ref.name, ref.version)
+            if key in self._retired:
+                continue
             window = self._windows.get(key)
             if window is None:
                 outputs_width = 1 if outputs.ndim == 1 else outputs.shape[1]
@@ -291,6 +295,12 @@ class DriftMonitor:
     def _deployment_changed(self, slot: ModelSlot, old: Deployment | None, new: Deployment | None) -> None:
         retired = retired_models(old, new)
         with self._lock:
+            # Drained before anything changes: the queued rows of versions retired now go into their windows,
+            # which then go, and rows offered for a version returning now while it was out are dropped. Left
+            # in the queue, either would make a retired window again (in memory for good, or back in a rollback).
+            self._drain()
+            if new is not None:
+                self._retired.difference_update(new.served())
             for model in retired:
                 self._retire(model)
 
@@ -298,6 +308,7 @@ class DriftMonitor:
         ref = model.description.ref
         key = (ref.name, ref.version)
         self._windows.pop(key, None)
+        self._retired.add(key)
         for gauge in (self.window_rows, self.reference_missing, self.drift):
             with contextlib.suppress(KeyError):
                 gauge.remove(ref.name, ref.version)

@@ -6,6 +6,7 @@ pipeline and so carry the reference profiles it logs; feedback and quality use s
 
 import math
 import time
+from functools import partial
 
 import grpc
 import numpy as np
@@ -114,6 +115,35 @@ def test_a_version_registered_without_a_profile_is_served_and_reported_as_such()
         assert (champion.status, champion.window_rows) == (admin_pb2.DRIFT_STATUS_NO_REFERENCE_PROFILE, 150)
         assert not champion.features and not champion.drifted
         assert _gauge(server, "model_drift_reference_missing", model="IrisBestModel", version="2") == 1
+
+
+def _serves_iris(server: PredictionServer, version: str) -> bool:
+    return server.store.get(ModelSlot.IRIS).champion.description.ref.version == version
+
+
+def test_a_version_rolled_back_to_measures_drift_on_its_calls_since_it_returned():
+    # Its rows from before the swap were still queued (drift_interval_seconds: nothing drains them meanwhile), and
+    # more come after it: they leave with its window, rather than making that window again behind the swap.
+    with (
+        running_server(in_memory_registry(), admin_dev_mode=True, drift_interval_seconds=3600) as server,
+        channel_to(server) as channel,
+    ):
+        iris = iris_pb2_grpc.IrisClassifierStub(channel)
+        admin = admin_pb2_grpc.ModelAdminStub(channel)
+        flowers = np.tile([5.1, 3.5, 1.4, 0.2], (150, 1))
+        assert iris.ClassifyBatch(_iris_batch(flowers)).model.version == "2"
+        second = server.store.get(ModelSlot.IRIS).champion
+        assert server.observers.drift is not None
+        for version in ("1", "2"):
+            admin.SetAlias(admin_pb2.SetAliasRequest(model="iris", alias="champion", version=version))
+            wait_until(partial(_serves_iris, server, version), f"v{version} is served")
+            if version == "1":
+                # A call that was still running on v2 at the swap offers its rows afterwards: dropped too.
+                server.observers.drift.offer(second, flowers[:30], np.full((30, 3), 1 / 3))
+        iris.ClassifyBatch(_iris_batch(flowers[:40]))
+        report = admin.GetDriftReport(admin_pb2.GetDriftReportRequest(model="iris"))
+        (champion,) = report.versions
+        assert (champion.version, champion.window_rows) == ("2", 40)
 
 
 def _feedback(admin: admin_pb2_grpc.ModelAdminStub, *items: admin_pb2.FeedbackItem) -> list[admin_pb2.FeedbackResult]:
