@@ -1,4 +1,6 @@
+import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,20 +47,46 @@ from .server.conftest import running_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def trained_registry(tmp_path_factory: pytest.TempPathFactory, offline_data_home: Path) -> TrainingSettings:
-    """A real MLflow SQLite registry holding both models, trained quickly on a sample of the real data."""
-    root = tmp_path_factory.mktemp("registry")
-    settings = TrainingSettings(
+def trained_registry(
+    tmp_path_factory: pytest.TempPathFactory, offline_data_home: Path, worker_id: str
+) -> TrainingSettings:
+    """A real MLflow SQLite registry holding both models, trained quickly on a sample of the real data.
+
+    Trained once per run: the xdist workers share it (the first to ask trains it under a file lock, the others
+    wait for it), since tests only read it; those that register versions or move aliases work on a copy
+    (``registry_copy``). Training it took about 15 s of CPU, once per worker.
+    """
+    if worker_id == "master":  # no xdist: this process's own temporary folder
+        return _train_registry(tmp_path_factory.mktemp("registry"), offline_data_home)
+    root = tmp_path_factory.getbasetemp().parent / "trained-registry"  # the run's folder, above each worker's
+    with (root.parent / "trained-registry.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        trained = root / "trained"
+        if not trained.exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a worker that failed while training left
+            root.mkdir()
+            settings = _train_registry(root, offline_data_home)
+            trained.touch()
+            return settings
+    return _registry_settings(root, offline_data_home)
+
+
+def _registry_settings(root: Path, data_home: Path) -> TrainingSettings:
+    return TrainingSettings(
         mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         artifact_root=root / "artifacts",
         data_dir=root / "data",
-        scikit_learn_data=offline_data_home,
+        scikit_learn_data=data_home,
         allow_download=False,
         max_rows=3000,
         housing_max_iter=60,
         housing_max_rmse=10.0,
         iris_min_accuracy=0.5,
     )
+
+
+def _train_registry(root: Path, data_home: Path) -> TrainingSettings:
+    settings = _registry_settings(root, data_home)
     train_housing(settings)
     train_iris(settings)
     # Training points mlflow's process-wide URIs at this registry and exports them as MLFLOW_TRACKING_URI and
