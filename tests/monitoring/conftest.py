@@ -49,5 +49,8 @@ def observed() -> Iterator[ObservedStack]:
         ended = time.time()
         # Two scrapes after the traffic: every counter it moved has the two samples rate() and increase() need.
         prometheus.client.wait_until_scraped(30, after=ended)
-        prometheus.client.wait_until_rules_evaluated(10, after=time.time())
+        # A group evaluates at its aligned evaluation timestamp, up to one interval before the evaluation
+        # starts (lastEvaluation): only one that starts an interval from now reads every sample scraped until now.
+        # Waiting for "after now" alone let a loaded machine see the latency-SLO rules evaluated on one sample.
+        prometheus.client.wait_until_rules_evaluated(10, after=time.time() + SCRAPE_SECONDS)
         yield ObservedStack(stack, prometheus.client, ended)
